@@ -1,0 +1,1 @@
+"""Reproduction toolkit: how adversarial perturbations propagate through feature-denoising networks."""
