@@ -221,10 +221,11 @@ def restore(session, checkpoint: Checkpoint, spec=None, variables: Optional[Sequ
 # --- synthetic checkpoints with the real names and shapes ---------------------------------------------
 
 def synthetic_arrays(name_shapes, seed: int = 0, residual_gain: float = 0.2) -> Dict[str, np.ndarray]:
-    """Random weights for the given (name, shape) list that keep activations finite through 150 layers:
-    He-normal convolutions, BN with unit statistics, and a small γ on each residual branch's last BN
-    (``residual_gain``), the way trained ResNets keep the residual stream bounded. For tests and dry runs;
-    the numbers mean nothing."""
+    """Random weights for the given (name, shape) list: He-normal convolutions, BN with unit
+    statistics, and a small γ on each residual branch's last BN (``residual_gain``), the way trained
+    ResNets keep the residual stream bounded. The BN statistics are placeholders: use
+    ``repro.synthetic.synthetic_checkpoint`` for a network whose activations stay in range (the
+    dot-product non-local block is cubic in its input). For tests and dry runs; the numbers mean nothing."""
     rng = np.random.default_rng(seed)
     arrays = {}
     for name, shape in name_shapes:

@@ -148,9 +148,9 @@ def load_imagenet_val_image(path):
     return resize_shorter_center_crop(read_image_bgr(path))
 
 
-def load_image_naive(path):
-    """An image of unknown source ready for the model: read, naive bicubic resize to 224×224."""
-    return resize_naive(read_image_bgr(path))
+def load_image_naive(path, size=MODEL_INPUT_SIZE):
+    """An image of unknown source ready for the model: read, naive bicubic resize to size×size."""
+    return resize_naive(read_image_bgr(path), size)
 
 
 def _check_bgr_uint8(image):

@@ -3,8 +3,9 @@ feature-map panels.
 
 Each figure has a ``build_*`` function that returns a ``matplotlib.figure.Figure`` (for tests and
 notebooks) and a ``plot_*`` function that builds it and writes ``out_stem + '.png'`` (300 dpi) and
-``out_stem + '.pdf'``. Figures are made without pyplot, so no display and no global figure state is
-involved (the Agg canvas renders them). Sizes target one journal column (3.5 in) at 7 pt text.
+``out_stem + '.pdf'``. Figures are made without pyplot, each on its own Agg canvas: no display is
+ever opened, no global backend is switched (importing this module leaves a notebook's backend alone)
+and no figure lingers in pyplot's registry. Sizes target one journal column (3.5 in) at 7 pt text.
 
 Input is the tidy table of ``repro.aggregate.blocks_frame``.
 """
@@ -13,14 +14,12 @@ import warnings
 from pathlib import Path
 
 import matplotlib
-
-matplotlib.use("Agg")  # headless: never try to open a display, whatever the environment says
-
-import numpy as np  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from matplotlib.lines import Line2D  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import MaxNLocator  # noqa: E402
+import numpy as np
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from matplotlib.lines import Line2D
+from matplotlib.patches import Patch
+from matplotlib.ticker import MaxNLocator
 
 COLUMN_WIDTH_INCHES = 3.5
 DPI = 300
@@ -37,18 +36,22 @@ GROUP_SEPARATOR_COLOUR = "0.6"
 # Fig. 5.2 lists the baseline first, then the denoising models; other models follow by name.
 PAPER_MODEL_ORDER = ("ResNet", "ResNetDenoise", "ResNeXtDenoiseAll")
 
-# metric name -> (panel title, y-axis label). Unknown metrics fall back to their own name.
+# metric name (as in repro.metrics.METRICS) -> (panel title, y-axis label). Unknown names fall back to
+# themselves. "sre" is the image-similarity-measures form that made the paper's figures; "sre_eq" is
+# the paper's equation (SPEC §5).
 METRIC_LABELS = {
     "frobenius": ("Euclidean", r"Frobenius distance $\|A-B\|_F$"),
     "mse": ("MSE", "mean squared error"),
     "rmse": ("RMSE", "root mean squared error"),
     "sre": ("SRE", "SRE [dB]"),
-    "sre_paper": ("SRE (paper eq.)", "SRE [dB]"),
+    "sre_eq": ("SRE (paper eq.)", "SRE [dB]"),
     "ssim": ("SSIM", "SSIM (1 = identical)"),
     "psnr": ("PSNR", "PSNR [dB]"),
     "uiq": ("UIQ", "UIQ (1 = identical)"),
     "cosine": ("Cosine similarity", "cosine similarity"),
-    "relative_l2": ("Relative L2", r"$\|A-B\|_F / \|A\|_F$"),
+    "rel_l2": ("Relative L2", r"$\|A-B\|_F \,/\, \|A\|_F$"),
+    "fsim": ("FSIM", "FSIM (1 = identical)"),
+    "issm": ("ISSM", "ISSM"),
 }
 
 # 7 pt text reads at one-column width; thin lines keep 50-block curves apart.
@@ -60,6 +63,7 @@ PAPER_STYLE = {
     "ytick.labelsize": 6,
     "legend.fontsize": 6,
     "figure.titlesize": 8,
+    "figure.labelsize": 7,
     "lines.linewidth": 1.0,
     "axes.linewidth": 0.6,
     "xtick.major.width": 0.6,
@@ -111,6 +115,12 @@ def _check_frame(blocks_df):
     if duplicated.any():
         first = blocks_df.loc[duplicated, ["model", "perturbation", "metric", "block_index"]].iloc[0].tolist()
         raise ValueError(f"blocks table has more than one row for {first}: merge the statistics before plotting")
+
+
+def _new_figure(width, height):
+    figure = Figure(figsize=(width, height), layout="constrained")
+    FigureCanvasAgg(figure)  # headless rendering, independent of the session's matplotlib backend
+    return figure
 
 
 def _panel_grid(figure, n_panels):
@@ -207,7 +217,7 @@ def build_model_figure(blocks_df, model, metrics=DEFAULT_METRICS, titles=None, w
 
     with matplotlib.rc_context(PAPER_STYLE):
         n_rows = math.ceil(len(metrics) / 2)
-        figure = Figure(figsize=(width, 0.45 + 1.45 * n_rows), layout="constrained")
+        figure = _new_figure(width, 0.55 + 1.35 * n_rows)
         axes = _panel_grid(figure, len(metrics))
         for index, (axis, metric, title) in enumerate(zip(axes, metrics, panel_titles)):
             _label_panel(axis, index, title, metric)
@@ -228,7 +238,7 @@ def build_model_figure(blocks_df, model, metrics=DEFAULT_METRICS, titles=None, w
                           gid=f"mean_{perturbation}")
             axis.set_xlim(0.5, n_blocks + 0.5)
             axis.set_xticks(depth_ticks(n_blocks))
-            axis.set_xlabel("residual block (1 = first)")
+        figure.supxlabel("residual block (1 = first, in depth order)")
         handles = [Line2D([], [], color=PERTURBATION_COLOURS[p], label=p) for p in PERTURBATION_ORDER]
         handles.append(Patch(color="0.5", alpha=0.3, linewidth=0, label="95% CI"))
         handles.append(Line2D([], [], color=GROUP_SEPARATOR_COLOUR, linewidth=0.5, label="group boundary"))
@@ -271,7 +281,7 @@ def build_models_figure(blocks_df, metrics=DEFAULT_METRICS, models=None, titles=
 
     with matplotlib.rc_context(PAPER_STYLE):
         n_rows = math.ceil(len(metrics) / 2)
-        figure = Figure(figsize=(width, 0.6 + 1.45 * n_rows), layout="constrained")
+        figure = _new_figure(width, 0.7 + 1.35 * n_rows)
         axes = _panel_grid(figure, len(metrics))
         for index, (axis, metric, title) in enumerate(zip(axes, metrics, panel_titles)):
             _label_panel(axis, index, title, metric)
@@ -292,8 +302,8 @@ def build_models_figure(blocks_df, metrics=DEFAULT_METRICS, models=None, titles=
                               linestyle=PERTURBATION_LINESTYLES[perturbation], linewidth=0.9,
                               label=f"{model} {perturbation}", gid=f"mean_{perturbation}_{model}")
             axis.set_xlim(-deepest - 0.5, 0.5)
-            axis.set_xlabel("blocks before the final block")
             axis.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+        figure.supxlabel("blocks before the end of the network (0 = final block)")
         model_handles = [Line2D([], [], color=colours[model], label=model) for model in models]
         style_handles = [Line2D([], [], color="0.2", linestyle=PERTURBATION_LINESTYLES[p], label=p)
                          for p in PERTURBATION_ORDER]
@@ -361,7 +371,7 @@ def build_feature_maps_figure(panels, title=None, width=COLUMN_WIDTH_INCHES, cma
     maps = [_checked_maps(number, panel, columns) for number, panel in enumerate(panels)]
 
     with matplotlib.rc_context(PAPER_STYLE):
-        figure = Figure(figsize=(width, 0.35 + 1.25 * len(panels)), layout="constrained")
+        figure = _new_figure(width, 0.35 + 1.25 * len(panels))
         rows = figure.subfigures(len(panels), 1, squeeze=False).ravel()
         for number, (row, panel, row_maps) in enumerate(zip(rows, panels, maps)):
             low, high = _shared_limits(row_maps)

@@ -1,5 +1,7 @@
 """Model definitions (tensorpack, NCHW) and the graph entry points used by every pipeline."""
-from tensorpack.tfutils.tower import TowerContext
+import contextlib
+
+from tensorpack.tfutils.tower import TowerContext, get_current_tower_context
 
 from repro.models.nets import BUILDERS
 from repro.tfcompat import tf
@@ -15,16 +17,17 @@ def preprocess(images_bgr_nhwc):
         return tf.transpose(images, [0, 3, 1, 2])
 
 
-def model_function(spec):
+def model_function(spec, training=False):
     """A function image_nchw → logits for ``spec`` (a ``repro.zoo.ModelSpec``), callable any number of
     times in one graph: the first call creates the variables, later calls (the attack's loop body,
-    the tapped forward pass) share them. BatchNorm always runs in inference mode, also during the
-    attack (SPEC §3)."""
+    the tapped forward pass) share them. BatchNorm runs in inference mode unless ``training`` — also
+    during the attack (SPEC §3). Inside an enclosing tensorpack TowerContext, that context decides."""
     builder = BUILDERS[spec.arch.family]
 
     def logits_of(image_nchw):
-        with TowerContext("", is_training=False), \
-                tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE):
+        tower = contextlib.nullcontext() if get_current_tower_context() is not None \
+            else TowerContext("", is_training=training)
+        with tower, tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE):
             return builder(image_nchw, spec.arch)
 
     return logits_of

@@ -1,0 +1,113 @@
+"""Classify images with a zoo model: top-5 classes per image, optionally the raw logits.
+
+    python repro/predict.py --model ResNeXtDenoiseAll --load X101-DenoiseAll.npz \
+        --input PATH [PATH ...] --output predictions.csv [--save-logits logits.npy] [--batch N]
+
+Images are read as BGR and naively resized to the model's input size with bicubic interpolation, as the
+original ``--eval-directory`` did (SPEC §2); an image already of that size is used as is. An unreadable
+image is reported and skipped: the CSV and the logits hold one row per classified image, in input order,
+and the skipped ones are listed on stderr and in ``<output>.skipped.csv``.
+"""
+import argparse
+import functools
+import logging
+import sys
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+import pandas as pd
+
+from repro import cli, zoo
+
+log = logging.getLogger("repro.predict")
+TOP_K = 5
+
+
+def class_names(spec):
+    if spec.arch.num_classes == 1000:
+        from repro.classes import load_class_index
+        return [name for _, name in load_class_index()]
+    return [str(index) for index in range(spec.arch.num_classes)]
+
+
+def predict(spec, checkpoint, paths, batch_size=8):
+    """Returns (table of top-5 predictions, logits N×classes, skipped [(path, reason)])."""
+    from repro.classifier import Classifier, softmax
+    from repro.data import iterate_batches, load_image_naive
+
+    classifier = Classifier(spec, checkpoint)
+    names = class_names(spec)
+    load = functools.partial(load_image_naive, size=spec.arch.input_size)
+    rows, logits, skipped = [], [], []
+    try:
+        from tqdm import tqdm
+        progress = tqdm(total=len(paths), unit="img", desc="predict {}".format(spec.name))
+        for indices, images, bad in iterate_batches(paths, batch_size, load):
+            skipped.extend((str(path), error.reason) for _, path, error in bad)
+            if len(images):
+                batch_logits = classifier.predict_logits(images, batch_size)
+                logits.append(batch_logits)
+                probabilities = softmax(batch_logits.astype(np.float64))
+                for index, probs in zip(indices, probabilities):
+                    row = {"path": str(paths[index])}
+                    for rank, label in enumerate(np.argsort(-probs, kind="stable")[:TOP_K], start=1):
+                        row["class_{}".format(rank)] = int(label)
+                        row["name_{}".format(rank)] = names[label]
+                        row["prob_{}".format(rank)] = float(probs[label])
+                    rows.append(row)
+            progress.update(len(indices) + len(bad))
+        progress.close()
+    finally:
+        classifier.close()
+    all_logits = np.concatenate(logits) if logits else np.zeros((0, spec.arch.num_classes), np.float32)
+    return pd.DataFrame(rows), all_logits.astype(np.float32), skipped
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", required=True, help="zoo model name, e.g. ResNeXtDenoiseAll")
+    parser.add_argument("--zoo", default=zoo.DEFAULT_ZOO, choices=sorted(zoo.ZOOS))
+    parser.add_argument("--depth", type=int, help="override the ResNet depth (50, 101, 152)")
+    parser.add_argument("--load", help="checkpoint .npz (default: the zoo's file under checkpoints/)")
+    parser.add_argument("--input", nargs="+", required=True, help="image files or directories")
+    parser.add_argument("--output", default="predictions.csv", help="CSV of top-5 predictions")
+    parser.add_argument("--save-logits", help="also write the logits as float32 N×classes .npy")
+    parser.add_argument("--batch", type=int, default=8, help="images per forward pass")
+    return parser.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse_args(argv)
+    cli.setup_logging()
+    spec = zoo.get_model(args.model, args.zoo, args.depth)
+    path = cli.checkpoint_path(spec, args.load)
+    if not path.is_file():
+        raise cli.UsageError(cli.missing_checkpoint_message(spec, path))
+    if args.batch < 1:
+        raise cli.UsageError("--batch must be at least 1")
+    from repro.data import list_image_files
+    paths = list_image_files(args.input)
+    if not paths:
+        raise cli.UsageError("no image files found in {}".format(" ".join(args.input)))
+    table, logits, skipped = predict(spec, path, paths, args.batch)
+    output = Path(args.output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    table.to_csv(output, index=False)
+    if args.save_logits:
+        np.save(args.save_logits, logits)
+    log.info("classified %d image(s) → %s", len(table), output)
+    if skipped:
+        skipped_path = output.with_suffix(".skipped.csv")
+        pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(skipped_path, index=False)
+        for bad_path, reason in skipped:
+            print("skipped {}: {}".format(bad_path, reason), file=sys.stderr)
+        print("skipped {} unreadable image(s), listed in {}".format(len(skipped), skipped_path), file=sys.stderr)
+    return 0 if len(table) else 1
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))

@@ -1,0 +1,28 @@
+"""Shared fixtures: the checkpoint manifest from ../shared/, small architectures, synthetic checkpoints."""
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+from repro import zoo
+
+REPO = Path(__file__).resolve().parent.parent
+MANIFEST = Path(os.environ.get("REPRO_MANIFEST", REPO.parent / "shared" / "checkpoint_manifest.json"))
+
+
+@pytest.fixture(scope="session")
+def manifest():
+    if not MANIFEST.is_file():
+        pytest.skip("checkpoint manifest not found at {} (set REPRO_MANIFEST)".format(MANIFEST))
+    return json.loads(MANIFEST.read_text())["models"]
+
+
+def tiny_spec(family="resnet", blocks=(1, 1, 1, 1), name="Tiny", **arch):
+    """A network of the real families, small enough to build and run in a second."""
+    defaults = dict(group_channels=(4, 8, 16, 32), stem_channels=8, num_classes=10, input_size=64)
+    if family == "resnext_denoise_all":
+        defaults.update(resnext_groups=4, resnext_width=16)
+    defaults.update(arch)
+    return zoo.ModelSpec(name=name, zoo="test", depth=sum(blocks) * 3 + 2, checkpoint=name + ".npz",
+                         arch=zoo.Architecture(family=family, blocks_per_group=tuple(blocks), **defaults))
