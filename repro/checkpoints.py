@@ -152,7 +152,7 @@ def check_architecture(checkpoint: Checkpoint, spec) -> None:
                               "groupG/blockB variables); you asked for {}".format(checkpoint.path, _label(spec)))
     if found == _architecture_of(spec):
         return
-    matches = [other for other in recognise(shapes) if other != spec]
+    matches = [other for other in recognise(shapes) if (other.name, other.zoo) != (spec.name, spec.zoo)]
     if matches:
         what = " or ".join(_label(other) for other in matches)
         raise CheckpointError("{} is a {} checkpoint, you asked for {}: pass --model {} or the right "

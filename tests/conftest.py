@@ -26,3 +26,31 @@ def tiny_spec(family="resnet", blocks=(1, 1, 1, 1), name="Tiny", **arch):
     defaults.update(arch)
     return zoo.ModelSpec(name=name, zoo="test", depth=sum(blocks) * 3 + 2, checkpoint=name + ".npz",
                          arch=zoo.Architecture(family=family, blocks_per_group=tuple(blocks), **defaults))
+
+
+@pytest.fixture(scope="session")
+def synthetic_imagenet_checkpoint(tmp_path_factory):
+    """Calibrated synthetic checkpoints of the full-size ImageNet models, made once per session."""
+    from repro.synthetic import write_synthetic_checkpoint
+    made = {}
+
+    def make(name):
+        if name not in made:
+            path = tmp_path_factory.mktemp("checkpoints") / zoo.get_model(name).checkpoint
+            made[name] = write_synthetic_checkpoint(zoo.get_model(name), path, seed=0)
+        return made[name]
+    return make
+
+
+def write_images(directory, sizes, seed=0):
+    """PNG files of random BGR content with the given (height, width) sizes; returns their paths."""
+    import cv2
+    import numpy as np
+    directory.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    paths = []
+    for index, (height, width) in enumerate(sizes):
+        path = directory / "image{:02d}.png".format(index)
+        cv2.imwrite(str(path), rng.integers(0, 256, (height, width, 3)).astype(np.uint8))
+        paths.append(path)
+    return paths

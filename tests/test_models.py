@@ -147,7 +147,8 @@ def test_stem_max_pool_in_nhwc_equals_nchw_pooling_and_has_a_gradient():
         gradient, = tf.gradients(tf.reduce_sum(pooled), t)
         with tf.Session() as session:
             result, grad = session.run([pooled, gradient])
-    padded = np.pad(x, ((0, 0), (0, 0), (0, 1), (0, 1)), constant_values=-np.inf)   # SAME: 9→5, 8→4
+    # SAME: 9→5 pads 2 rows (1 above, 1 below), 8→4 pads 1 column (on the right).
+    padded = np.pad(x, ((0, 0), (0, 0), (1, 1), (0, 1)), constant_values=-np.inf)
     expected = np.stack([[padded[:, :, 2 * i:2 * i + 3, 2 * j:2 * j + 3].max(axis=(2, 3))
                           for j in range(4)] for i in range(5)]).transpose(2, 3, 0, 1)
     np.testing.assert_array_equal(result, expected)

@@ -8,7 +8,7 @@ as plain text: `timm/data/_info/imagenet_synsets.txt` (one wnid a line) and
 Usage (the wheel is only read, never installed):
 
     pip download --no-deps -d /tmp/x timm==1.0.31
-    python third_party/build_imagenet_classes.py /tmp/x/timm-1.0.31-py3-none-any.whl
+    python scripts/build_imagenet_classes.py /tmp/x/timm-1.0.31-py3-none-any.whl
 """
 import argparse
 import hashlib
@@ -17,7 +17,7 @@ import zipfile
 
 SYNSETS_MEMBER = "timm/data/_info/imagenet_synsets.txt"
 LEMMAS_MEMBER = "timm/data/_info/imagenet_synset_to_lemma.txt"
-OUTPUT = pathlib.Path(__file__).resolve().parent / "imagenet_classes.tsv"
+OUTPUT = pathlib.Path(__file__).resolve().parent.parent / "third_party" / "imagenet_classes.tsv"
 FIRST_WNID, LAST_WNID = "n01440764", "n15075141"
 
 
