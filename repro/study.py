@@ -1,0 +1,152 @@
+"""One batch of the study: perturb → forward → taps → metrics → per-(image, block, channel) scalars.
+
+One graph per model holds
+- the tapped forward pass on the concatenation [clean; random; adversarial] of a batch, built first so
+  its ops carry the checkpoints' names (``groupG/blockB/block_output``), with every metric computed in
+  the graph for (clean, random) and (clean, adversarial) — only (N, C) arrays leave the session, from
+  one session run per batch;
+- the targeted PGD attack (`repro.attacks.pgd_targeted`) in its own name scope, sharing the variables,
+  run in chunks of steps so that progress can be shown.
+"""
+import logging
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+from tensorpack.tfutils.tower import TowerContext
+
+from repro import attacks, checkpoints, metrics as metric_ops_module
+from repro.classifier import session_config
+from repro.data import to_model_space
+from repro.models import model_function
+from repro.taps import block_taps
+from repro.tfcompat import tf
+
+log = logging.getLogger(__name__)
+PERTURBATIONS = ("random", "adversarial")
+
+
+@dataclass
+class StudyConfig:
+    epsilon: float = 16.0                 # pixels (out of 255)
+    attack_iterations: int = 100
+    attack_step_size: float = 1.0         # pixels; the step-size rule may raise it
+    noise: str = "uniform"                # random perturbation: uniform or sign
+    tap: str = "block_output"
+    metrics: tuple = metric_ops_module.DEFAULT_METRICS
+    ssim_data_range: object = 2.0         # float, or 'reference'
+    seed: int = 0
+    attack_chunk: int = 10                # PGD steps per session run (for progress)
+
+    @property
+    def step_size(self):
+        return attacks.step_size_rule(self.epsilon, self.attack_iterations, self.attack_step_size)
+
+
+@dataclass
+class BatchResult:
+    image_ids: list
+    labels: np.ndarray
+    targets: np.ndarray
+    predictions: dict                     # perturbation ('clean', 'random', 'adversarial') → (N,)
+    values: dict                          # (perturbation, metric, block_index) → (N, C) array
+    adversarial: np.ndarray               # (N, 3, H, W) model space
+    timings: dict = field(default_factory=dict)
+    feature_maps: dict = field(default_factory=dict)   # block_index → (3, N, C, H, W) when requested
+
+
+class StudyGraph:
+    """The study's graph and session for one model, restored strictly from its checkpoint."""
+
+    def __init__(self, spec, checkpoint, config: StudyConfig):
+        self.spec, self.config = spec, config
+        size = spec.arch.input_size
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            self.clean = tf.placeholder(tf.float32, [None, 3, size, size], name="clean")
+            self.random_noise = tf.placeholder(tf.float32, [None, 3, size, size], name="random_noise")
+            self.adversarial = tf.placeholder(tf.float32, [None, 3, size, size], name="adversarial")
+            self.target = tf.placeholder(tf.int64, [None], name="target")
+            self.steps = tf.placeholder(tf.int32, [], name="steps")
+            model = model_function(spec)
+            # One inference-mode tower around everything: tensorpack's TowerContext must be entered at
+            # the root name scope, and the attack's model calls live inside attack/attack_loop/while.
+            with TowerContext("", is_training=False):
+                self._build(model, config)
+            self.session = tf.Session(config=session_config())
+        self.checkpoint = checkpoint if isinstance(checkpoint, checkpoints.Checkpoint) \
+            else checkpoints.read_checkpoint(checkpoint)
+        checkpoints.restore(self.session, self.checkpoint, spec)
+        self.graph.finalize()
+
+    def _build(self, model, config):
+        """The tapped forward pass with its metrics first (canonical op names), then the attack."""
+        randomised = attacks.random_perturbation(self.clean, self.random_noise, config.epsilon)
+        batch = tf.shape(self.clean)[0]
+        logits = model(tf.concat([self.clean, randomised, self.adversarial], axis=0))
+        predictions = tf.argmax(logits, axis=1)
+        self.predictions = {name: predictions[i * batch:(i + 1) * batch]
+                            for i, name in enumerate(("clean",) + PERTURBATIONS)}
+        self.randomised = randomised
+        self.taps = block_taps(self.graph, config.tap)
+        self.metric_values = {}
+        self.tap_tensors = {}
+        with tf.name_scope("metrics"):
+            for tap in self.taps:
+                features = self.graph.get_tensor_by_name(tap.tensor)
+                parts = [features[i * batch:(i + 1) * batch] for i in range(3)]
+                self.tap_tensors[tap.block_index] = features
+                for perturbation, perturbed in zip(PERTURBATIONS, parts[1:]):
+                    ops = metric_ops_module.metric_ops(parts[0], perturbed, config.metrics,
+                                                       data_range=config.ssim_data_range)
+                    for metric, op in ops.items():
+                        self.metric_values[(perturbation, metric, tap.block_index)] = op
+
+        with tf.name_scope("attack"):
+            self.attack = attacks.pgd_targeted(model, self.clean, self.adversarial, self.target,
+                                               config.epsilon, config.step_size, self.steps)
+
+    def run_attack(self, clean, start, targets, on_steps=None):
+        """PGD from ``start`` for the configured number of steps, in chunks; ``on_steps(k)`` after each."""
+        adversarial, remaining = start, self.config.attack_iterations
+        if remaining == 0:
+            return self.session.run(self.attack, {self.clean: clean, self.adversarial: start,
+                                                  self.target: targets, self.steps: 0})
+        while remaining > 0:
+            steps = min(self.config.attack_chunk, remaining)
+            adversarial = self.session.run(self.attack, {self.clean: clean, self.adversarial: adversarial,
+                                                         self.target: targets, self.steps: steps})
+            remaining -= steps
+            if on_steps:
+                on_steps(steps)
+        return adversarial
+
+    def run_batch(self, images_bgr, labels, image_ids, on_steps=None, feature_blocks=()):
+        """The whole study for one batch of BGR uint8 images; see `BatchResult`."""
+        config = self.config
+        clean = to_model_space(images_bgr)
+        draws = attacks.perturbation_draws(config.seed, image_ids, clean.shape[1:],
+                                           self.spec.arch.num_classes, config.noise)
+        targets = attacks.random_targets(labels, draws["target_offset"], self.spec.arch.num_classes)
+        epsilon = config.epsilon * 2.0 / 255
+        start = clean + draws["start"] * np.float32(epsilon)
+        timings = {}
+        began = time.perf_counter()
+        adversarial = self.run_attack(clean, start, targets, on_steps)
+        timings["attack"] = time.perf_counter() - began
+
+        began = time.perf_counter()
+        fetches = {"predictions": self.predictions, "values": self.metric_values}
+        if feature_blocks:
+            fetches["features"] = {b: self.tap_tensors[b] for b in feature_blocks}
+        out = self.session.run(fetches, {self.clean: clean, self.random_noise: draws["random"],
+                                         self.adversarial: adversarial})
+        timings["taps_metrics"] = time.perf_counter() - began
+        n = len(image_ids)
+        features = {b: value.reshape((3, n) + value.shape[1:]) for b, value in out.get("features", {}).items()}
+        return BatchResult(image_ids=list(image_ids), labels=np.asarray(labels), targets=targets,
+                           predictions=out["predictions"], values=out["values"], adversarial=adversarial,
+                           timings=timings, feature_maps=features)
+
+    def close(self):
+        self.session.close()
