@@ -14,6 +14,8 @@ class UsageError(ValueError):
 def setup_logging(verbose=False):
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("fontTools", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
 
 
 def checkpoint_path(spec, load=None):
@@ -39,13 +41,16 @@ def run_main(main, argv=None):
     """Run ``main(argv)``; expected failures become one line on stderr and a non-zero exit status."""
     from repro.checkpoints import CheckpointError
     from repro.data import UnreadableImageError
+    from repro.runner import RunConfigMismatch
     from repro.zoo import UnknownModelError
     try:
         return main(argv) or 0
-    except (UsageError, UnknownModelError) as error:
+    except (UsageError, UnknownModelError, RunConfigMismatch) as error:
         print("error: {}".format(error), file=sys.stderr)
         return 2
-    except (CheckpointError, UnreadableImageError, FileNotFoundError) as error:
+    except (CheckpointError, UnreadableImageError, FileNotFoundError, ValueError) as error:
+        if os.environ.get("REPRO_DEBUG"):
+            raise
         print("error: {}".format(error), file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -143,9 +143,11 @@ def resize_naive(image, size=MODEL_INPUT_SIZE):
     return cv2.resize(image, (size, size), interpolation=cv2.INTER_CUBIC)
 
 
-def load_imagenet_val_image(path):
-    """An ImageNet validation image ready for the model: read, shortest edge 256, center crop 224."""
-    return resize_shorter_center_crop(read_image_bgr(path))
+def load_imagenet_val_image(path, crop=MODEL_INPUT_SIZE):
+    """An ImageNet validation image ready for the model: read, shortest edge 256, center crop 224.
+    For another input size the same 256:224 ratio is kept (shortest edge round(crop · 256/224))."""
+    shorter = VALIDATION_SHORTER_EDGE if crop == MODEL_INPUT_SIZE else int(round(crop * VALIDATION_SHORTER_EDGE / MODEL_INPUT_SIZE))
+    return resize_shorter_center_crop(read_image_bgr(path), shorter=shorter, crop=crop)
 
 
 def load_image_naive(path, size=MODEL_INPUT_SIZE):

@@ -1,0 +1,280 @@
+"""The study: perturb each image (random noise and targeted PGD), tap every residual block, measure.
+
+    python repro/evaluate.py --model ResNeXtDenoiseAll --data /path/to/ILSVRC2012 [--images 100] [--out DIR]
+
+For every model, image and residual block, the clean image's feature maps are the reference and the
+randomly perturbed and adversarial images' maps the reconstructions; each channel is one 2-D image and
+each metric is averaged over channels, then images (Pineci et al. 2021, §5). Writes to ``--out``:
+blocks.csv (model × perturbation × metric × block: mean, std, 95% CI, counts), images.csv (label,
+target, predictions, attack success), summary.csv (accuracy and attack success with Wilson intervals),
+manifest.json, Fig. 5.1 per model and Fig. 5.2 across models (PNG and PDF).
+Every batch is committed atomically to ``--out``/work; re-running the same command resumes.
+"""
+import argparse
+import functools
+import logging
+import sys
+import time
+from pathlib import Path
+
+if __package__ in (None, ""):
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import numpy as np
+
+from repro import cli, metrics as metrics_module, zoo
+from repro.runner import RunConfigMismatch
+
+log = logging.getLogger("repro.evaluate")
+SELECTION_RULE = "select_images(seeded class round-robin)"
+
+
+def metric_list(text):
+    if text in ("default", None):
+        return tuple(metrics_module.DEFAULT_METRICS)
+    if text == "paper":
+        return tuple(metrics_module.PAPER_METRICS)
+    if text == "all":
+        return tuple(metrics_module.DEFAULT_METRICS) + tuple(metrics_module.SLOW_METRICS)
+    names = tuple(name.strip() for name in text.split(",") if name.strip())
+    unknown = [name for name in names if name not in metrics_module.METRICS]
+    if unknown:
+        raise argparse.ArgumentTypeError("unknown metric(s) {}: choose from {} (or default, paper, all)".format(
+            ", ".join(unknown), ", ".join(metrics_module.METRICS)))
+    return names
+
+
+def data_range(text):
+    if text == "reference":
+        return text
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("--ssim-data-range takes a number or 'reference'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("--ssim-data-range must be positive")
+    return value
+
+
+def shard(text):
+    try:
+        index, count = (int(part) for part in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError("--shard takes I/K, e.g. 0/4") from None
+    if not 0 <= index < count:
+        raise argparse.ArgumentTypeError("--shard I/K needs 0 ≤ I < K")
+    return index, count
+
+
+def parse_args(argv=None):
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.ArgumentDefaultsHelpFormatter)
+    parser.add_argument("--model", nargs="+", required=True,
+                        help="zoo model name(s): ResNet (ResNet-152), ResNetDenoise (ResNet-152 + 4 Gaussian "
+                             "non-local blocks), ResNeXtDenoiseAll (ResNeXt-101 32×8d, non-local after every block)")
+    parser.add_argument("--zoo", default=zoo.DEFAULT_ZOO, choices=sorted(zoo.ZOOS), help="which model zoo")
+    parser.add_argument("--depth", type=int, help="override the ResNet depth (50, 101, 152)")
+    parser.add_argument("--load", nargs="+",
+                        help="checkpoint(s), one per --model (default: the zoo's file under checkpoints/ or "
+                             "$REPRO_CHECKPOINTS)")
+    parser.add_argument("--data", help="ImageNet validation folder (val/<wnid>/*.JPEG, or the folder of wnid "
+                                       "subfolders itself); labels are indices of the wnids in sorted order")
+    parser.add_argument("--images", type=int, default=100,
+                        help="number of validation images (the paper used 100), chosen by a seeded round-robin "
+                             "over classes so they span many classes")
+    parser.add_argument("--batch", type=int, default=4, help="images per batch (one commit per batch)")
+    parser.add_argument("--attack-iter", type=int, default=100, help="PGD steps (the paper: 100)")
+    parser.add_argument("--attack-epsilon", type=float, default=16.0,
+                        help="L∞ bound ε in pixels out of 255 (the paper: 16), for PGD and the random noise")
+    parser.add_argument("--attack-step-size", type=float, default=1.0,
+                        help="PGD step α in pixels; the rule α = max(step, ε/steps) of Xie et al. applies")
+    parser.add_argument("--noise", choices=("uniform", "sign"), default="uniform",
+                        help="random perturbation: each pixel U(-ε, ε), or ±ε")
+    parser.add_argument("--tap", choices=("block_output", "denoised"), default="block_output",
+                        help="which tensor is a block's output: the residual block's ReLU, or (denoising "
+                             "models) the output of the denoising block that follows it")
+    parser.add_argument("--metrics", type=metric_list, default="default",
+                        help="comma-separated metric names, or 'default' (the paper's frobenius, mse, sre, ssim "
+                             "+ sre_eq, psnr, rmse, uiq, cosine, rel_l2), 'paper', 'all' (+ slow fsim, issm)")
+    parser.add_argument("--ssim-data-range", type=data_range, default=2.0,
+                        help="SSIM/PSNR data range: a number (2.0 = what the paper's skimage used for float "
+                             "maps) or 'reference' (each clean map's max − min)")
+    parser.add_argument("--seed", type=int, default=0, help="seed of the image selection, targets and noise")
+    parser.add_argument("--out", default="results", help="output folder; re-running resumes in it")
+    parser.add_argument("--save-adv", help="also write each adversarial image (float32 .npy, model space "
+                                           "NCHW [-1, 1]) with its target, to this folder")
+    parser.add_argument("--visualize", type=int, default=0, metavar="K",
+                        help="save clean/random/adversarial feature maps of the K channels per block where "
+                             "adversarial and random SSIM differ most, for a few blocks across depth")
+    parser.add_argument("--shard", type=shard, help="I/K: compute only batches I, I+K, I+2K, … (other machines "
+                                                    "do the rest into the same --out; tables merge them all)")
+    parser.add_argument("--aggregate-only", action="store_true",
+                        help="only (re)build the tables and figures from the batches already in --out")
+    parser.add_argument("--attack-chunk", type=int, default=10, help="PGD steps per session run (progress)")
+    args = parser.parse_args(argv)
+    for name in ("images", "batch", "attack_chunk"):
+        if getattr(args, name) < 1:
+            parser.error("--{} must be at least 1".format(name.replace("_", "-")))
+    if args.attack_iter < 0 or args.attack_epsilon < 0:
+        parser.error("--attack-iter and --attack-epsilon must not be negative")
+    if args.load and len(args.load) != len(args.model):
+        parser.error("--load takes one checkpoint per --model ({} given for {} models)".format(
+            len(args.load), len(args.model)))
+    return args
+
+
+def study_config(args):
+    from repro.study import StudyConfig
+    return StudyConfig(epsilon=args.attack_epsilon, attack_iterations=args.attack_iter,
+                       attack_step_size=args.attack_step_size, noise=args.noise, tap=args.tap,
+                       metrics=tuple(args.metrics), ssim_data_range=args.ssim_data_range, seed=args.seed,
+                       attack_chunk=args.attack_chunk)
+
+
+def image_selection(args, spec):
+    """(paths, labels, loader) of the images studied, in selection order (image id = position)."""
+    from repro import data
+    if args.data is None:
+        raise cli.UsageError("--data is required: the ImageNet validation folder (val/<wnid>/*.JPEG)")
+    samples = data.imagenet_samples(args.data)
+    chosen = data.select_images(samples, args.images, seed=args.seed)
+    loader = functools.partial(data.load_imagenet_val_image, crop=spec.arch.input_size)
+    return [path for path, _ in chosen], np.array([label for _, label in chosen]), loader
+
+
+def run_model(spec, checkpoint_path, args, config, work, paths, labels, loader, timings):
+    """All pending batches of one model; returns its checkpoint SHA-256."""
+    from tqdm import tqdm
+
+    from repro import runner
+    from repro.data import iterate_batches
+    from repro.study import StudyGraph
+    from repro.taps import block_table
+
+    batches = [(first, min(first + args.batch, len(paths)) - 1) for first in range(0, len(paths), args.batch)]
+    if args.shard:
+        batches = [b for number, b in enumerate(batches) if number % args.shard[1] == args.shard[0]]
+    pending = [b for b in batches if not work.is_done(spec.name, *b)]
+    began = time.perf_counter()
+    graph = StudyGraph(spec, checkpoint_path, config)
+    timings["graph_build_and_restore"] += time.perf_counter() - began
+    work.save_block_table(spec.name, block_table(spec.name, graph.taps))
+    done = len(batches) - len(pending)
+    log.info("%s: %d of %d batches already done, %d to run (%d PGD steps, α = %.2f px, ε = %g px)",
+             spec.name, done, len(batches), len(pending), config.attack_iterations, config.step_size, config.epsilon)
+    images_bar = tqdm(total=sum(last - first + 1 for first, last in batches), initial=sum(
+        last - first + 1 for first, last in batches if work.is_done(spec.name, first, last)),
+        unit="img", desc=spec.name, position=0)
+    steps_bar = tqdm(total=config.attack_iterations, unit="step", desc="  PGD", position=1, leave=False)
+    try:
+        for first, last in pending:
+            ids = list(range(first, last + 1))
+            loaded = list(iterate_batches([paths[i] for i in ids], len(ids), loader))
+            indices, images, skipped = loaded[0] if loaded else ([], None, [])
+            skipped = [(ids[i], path, error.reason) for i, path, error in skipped]
+            image_ids = [ids[i] for i in indices]
+            result = None
+            feature_blocks = visualize_blocks(graph.taps) if args.visualize and first == 0 else ()
+            if image_ids:
+                steps_bar.reset()
+                result = graph.run_batch(images, labels[image_ids], image_ids, on_steps=steps_bar.update,
+                                         feature_blocks=feature_blocks)
+                for key, seconds in result.timings.items():
+                    timings[key] += seconds
+                if args.save_adv:
+                    save_adversarial(Path(args.save_adv) / spec.name, result, paths)
+                if feature_blocks:
+                    save_feature_panels(Path(args.out), spec.name, graph.taps, result, args.visualize)
+            records = runner.batch_records(spec.name, result, paths, skipped)
+            info = {"images": len(image_ids), "skipped": len(skipped), "timings": result.timings if result else {}}
+            work.commit_batch(spec.name, first, last, records, runner.batch_statistics(spec.name, first, last, result), info)
+            images_bar.update(len(ids))
+    finally:
+        steps_bar.close()
+        images_bar.close()
+        graph.close()
+    return graph.checkpoint.sha256
+
+
+def visualize_blocks(taps, count=4):
+    """A few blocks spread over depth: the first, the last, and evenly between."""
+    positions = np.unique(np.linspace(0, len(taps) - 1, min(count, len(taps))).round().astype(int))
+    return tuple(taps[i].block_index for i in positions)
+
+
+def save_feature_panels(out, model, taps, result, k):
+    """Fig. 2.1-like panels for image 0: per chosen block, the k channels where adversarial and random
+    SSIM differ most (SSIM is computed for the panels even when not among --metrics)."""
+    from repro import metrics, plots
+    panels = []
+    by_index = {t.block_index: t for t in taps}
+    for block_index, maps in sorted(result.feature_maps.items()):
+        clean, random, adversarial = maps[:, :1]
+        ssim_random = metrics.per_channel("ssim", clean, random)[0]
+        ssim_adversarial = metrics.per_channel("ssim", clean, adversarial)[0]
+        gap = np.nan_to_num(ssim_random - ssim_adversarial, nan=-np.inf)
+        for channel in np.argsort(-gap, kind="stable")[:k]:
+            panels.append({"label": "{} ch {}: SSIM adv {:.2f} vs rand {:.2f}".format(
+                by_index[block_index].name.rsplit("/", 1)[0], channel, ssim_adversarial[channel], ssim_random[channel]),
+                "clean": clean[0, channel], "random": random[0, channel], "adversarial": adversarial[0, channel]})
+    plots.plot_feature_maps(panels, Path(out) / "feature_maps_{}".format(model),
+                            title="{}: image {}".format(model, result.image_ids[0]))
+
+
+def save_adversarial(directory, result, paths):
+    import json
+    directory.mkdir(parents=True, exist_ok=True)
+    for position, image_id in enumerate(result.image_ids):
+        np.save(directory / "{:06d}.npy".format(image_id), result.adversarial[position].astype(np.float32))
+        (directory / "{:06d}.json".format(image_id)).write_text(json.dumps({
+            "image": image_id, "path": str(paths[image_id]), "label": int(result.labels[position]),
+            "target": int(result.targets[position]), "space": "NCHW, x*2/255-1 of BGR pixels"}))
+
+
+def main(argv=None):
+    from collections import defaultdict
+
+    from repro import runner
+
+    args = parse_args(argv)
+    cli.setup_logging()
+    started = time.time()
+    specs = [zoo.get_model(name, args.zoo, args.depth) for name in args.model]
+    checkpoint_paths = [cli.checkpoint_path(spec, load) for spec, load in
+                        zip(specs, args.load or [None] * len(specs))]
+    config = study_config(args)
+    work = runner.WorkDirectory(args.out, runner.result_config(config, SELECTION_RULE, args.batch))
+    timings = defaultdict(float)
+    hashes = {}
+    paths = []
+    if not args.aggregate_only:
+        for spec, path in zip(specs, checkpoint_paths):
+            if not path.is_file():
+                raise cli.UsageError(cli.missing_checkpoint_message(spec, path))
+        paths, labels, loader = image_selection(args, specs[0])
+        log.info("studying %d images with %s", len(paths), ", ".join(s.name for s in specs))
+        for spec, path in zip(specs, checkpoint_paths):
+            hashes[spec.name] = run_model(spec, path, args, config, work, paths, labels, loader, timings)
+    began = time.perf_counter()
+    blocks, images, summary = runner.write_tables(work, [s.name for s in specs], args.out)
+    figures = runner.write_figures(blocks, [s.name for s in specs], args.out)
+    timings["aggregation_and_figures"] += time.perf_counter() - began
+    studied = int((images["error"].fillna("") == "").sum()) if len(images) else 0
+    runner.write_manifest(args.out, {
+        "command": " ".join(sys.argv), "config": work.config, "models": {
+            s.name: {"zoo": s.zoo, "depth": s.depth, "checkpoint": str(p), "sha256": hashes.get(s.name)}
+            for s, p in zip(specs, checkpoint_paths)},
+        "images_selected": len(paths), "images_studied_total": studied, "data": args.data,
+        "shard": args.shard, "packages": runner.package_versions(), "git": runner.git_state(),
+        "machine": runner.machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+        "wall_seconds": round(time.time() - started, 2), "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
+        "figures": [str(f) for f in figures]})
+    log.info("wrote %s (blocks.csv, images.csv, summary.csv, manifest.json, %d figure files)", args.out, len(figures))
+    if len(summary):
+        log.info("\n%s", summary[["model", "perturbation", "n_images", "top1_accuracy", "attack_success_rate"]]
+                 .to_string(index=False))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run_main(main))
