@@ -19,9 +19,12 @@ def setup_logging(verbose=False):
 
 
 def checkpoint_path(spec, load=None):
-    """``--load`` if given, else the zoo's file name under ``$REPRO_CHECKPOINTS`` or ``checkpoints/``."""
+    """``--load`` if given, else the bundled file (miniature zoo), else the zoo's file name under
+    ``$REPRO_CHECKPOINTS`` or ``checkpoints/``."""
     if load:
         return Path(load)
+    if spec.bundled_dir:
+        return REPO_ROOT / spec.bundled_dir / spec.checkpoint
     directory = Path(os.environ.get("REPRO_CHECKPOINTS", REPO_ROOT / "checkpoints"))
     return directory / spec.checkpoint
 

@@ -50,6 +50,7 @@ class ModelSpec:
     description: str = ""
     published: Dict[int, Published] = field(default_factory=dict)   # attack iterations → numbers
     published_fluctuation: float = 0.3           # ± percentage points (SPEC §1)
+    bundled_dir: Optional[str] = None            # checkpoint shipped in the repository, relative to its root
 
     @property
     def denoise_ops(self) -> bool:
@@ -80,7 +81,29 @@ IMAGENET = {spec.name: spec for spec in (
         resnext_groups=32, resnext_width=8),
 )}
 
-ZOOS = {"imagenet": IMAGENET}
+MINI_ARCH = dict(group_channels=(8, 16, 32, 64), group_strides=(1, 2, 2, 1), stem_channels=16, stem_kernel=3,
+                 stem_stride=1, stem_pool=False, num_classes=10, input_size=32)
+"""The miniature zoo's shape: 32×32 inputs, no stem down-sampling, so the groups' feature maps are 32², 16²,
+8², 8² — every block output large enough for SSIM's 7×7 window — and 10 classes (`repro.minidata`)."""
+
+
+def _mini_model(name, family, blocks, description, **arch):
+    return ModelSpec(name=name, zoo="mini", depth=3 * sum(blocks) + 2, checkpoint=name + ".npz",
+                     bundled_dir="mini_zoo", description=description,
+                     arch=Architecture(family=family, blocks_per_group=blocks, **dict(MINI_ARCH, **arch)))
+
+
+MINI = {spec.name: spec for spec in (
+    _mini_model("ResNet", "resnet", (2, 4, 6, 2), "miniature ResNet-44 (14 bottleneck blocks), adversarially trained"),
+    _mini_model("ResNetDenoise", "resnet_denoise", (2, 4, 6, 2),
+                "miniature ResNet-44 + 4 Gaussian non-local denoising blocks, one after each group"),
+    _mini_model("ResNeXtDenoiseAll", "resnext_denoise_all", (2, 3, 5, 2),
+                "miniature ResNeXt-38 4×32d + dot-product non-local after every block (12 blocks)",
+                resnext_groups=4, resnext_width=32),
+)}
+"""Trained here (`scripts/train_mini.py`); published numbers come from each checkpoint's model card."""
+
+ZOOS = {"imagenet": IMAGENET, "mini": MINI}
 DEFAULT_ZOO = "imagenet"
 
 

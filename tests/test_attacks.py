@@ -1,0 +1,342 @@
+"""Targeted PGD and the random perturbation (SPEC §3), checked against hand-computed values, direct
+NumPy reimplementations and the gradient of the same graph; the per-image draws against their
+distributions."""
+import numpy as np
+import pytest
+from scipy import stats
+from tensorpack.tfutils.tower import TowerContext
+
+from repro import attacks, checkpoints
+from repro.data import to_model_space
+from repro.models import IMAGE_SCALE, model_function
+from repro.study import StudyConfig
+from repro.synthetic import synthetic_checkpoint
+from repro.tfcompat import tf
+from tests.conftest import tiny_spec
+
+EPSILON = 16.0
+EPSILON_MODEL = np.float32(EPSILON * IMAGE_SCALE)   # 16·2/255 in model space
+TOLERANCE = 1e-6
+
+
+# --- step size ------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("iterations, step_size, expected", [
+    (100, 1.0, 1.0),     # the paper's 100-step attack
+    (10, 1.0, 1.6),      # Feature Denoising, Sec. 6.1: ε/10 = 1.6 for 10 steps
+    (1, 1.0, 16.0),      # one step of ε
+    (1000, 1.0, 1.0),
+    (100, 2.0, 2.0),     # a custom step size wins when it is larger than ε/iterations
+    (10, 2.0, 2.0),
+    (10, 0.5, 1.6),      # ... and loses when it is smaller
+    (100, 0.5, 0.5),
+])
+def test_step_size_rule(iterations, step_size, expected):
+    assert attacks.step_size_rule(EPSILON, iterations, step_size) == pytest.approx(expected, rel=1e-12)
+
+
+def test_study_config_uses_the_step_size_rule():
+    assert StudyConfig().step_size == 1.0                     # defaults: 100 steps, ε = 16
+    assert StudyConfig(attack_iterations=10).step_size == pytest.approx(1.6)
+    assert StudyConfig(attack_iterations=4, epsilon=8.0).step_size == pytest.approx(2.0)
+    assert StudyConfig(attack_iterations=100, attack_step_size=3.0).step_size == 3.0
+
+
+# --- targets and per-image draws ------------------------------------------------------------------
+
+def test_random_targets_by_hand():
+    labels = [0, 5, 999, 998, 3]
+    offsets = [1, 999, 1, 5, 500]
+    assert attacks.random_targets(labels, offsets).tolist() == [1, 4, 0, 3, 503]
+    assert attacks.random_targets([9, 0], [1, 9], num_classes=10).tolist() == [0, 9]
+
+
+def test_random_targets_never_the_label_and_uniform_over_the_other_classes():
+    classes, draws_count = 10, 4500
+    ids = np.arange(draws_count)
+    labels = np.random.default_rng(123).integers(0, classes, draws_count)
+    offsets = attacks.perturbation_draws(7, ids, (1, 1, 1), num_classes=classes)["target_offset"]
+    targets = attacks.random_targets(labels, offsets, classes)
+
+    assert offsets.min() >= 1 and offsets.max() <= classes - 1
+    assert np.all(targets != labels) and targets.min() >= 0 and targets.max() < classes
+    # The offset is uniform on {1, …, 9}: χ² goodness of fit, and every count within 5σ of 500.
+    counts = np.bincount(offsets, minlength=classes)[1:]
+    expected = draws_count / (classes - 1)
+    assert stats.chisquare(counts).pvalue > 1e-3, counts
+    sigma = np.sqrt(draws_count * (1 / 9) * (8 / 9))
+    assert np.all(np.abs(counts - expected) < 5 * sigma), counts
+    # Given the label, the target is uniform over the 9 other classes (label 3 here: ~450 draws).
+    given = targets[labels == 3]
+    counts_given = np.bincount(given, minlength=classes)
+    assert counts_given[3] == 0
+    assert stats.chisquare(np.delete(counts_given, 3)).pvalue > 1e-3, counts_given
+
+
+def test_target_offsets_cover_1_to_999_for_imagenet():
+    offsets = attacks.perturbation_draws(0, range(20000), (1, 1, 1))["target_offset"]
+    assert offsets.min() == 1 and offsets.max() == 999
+    assert len(np.unique(offsets)) == 999      # 20000 draws hit every one of 999 values (P(miss) ≈ 2e-6)
+
+
+def _rows(draws, index):
+    return {key: value[index] for key, value in draws.items()}
+
+
+def test_draws_are_deterministic_per_seed_and_image_id_whatever_the_batch():
+    shape = (3, 8, 8)
+    batch = attacks.perturbation_draws(5, [7, 3, 11, 0], shape)
+    again = attacks.perturbation_draws(5, [7, 3, 11, 0], shape)
+    alone = attacks.perturbation_draws(5, [11], shape)
+    reordered = attacks.perturbation_draws(5, [0, 11, 42, 3, 7], shape)
+    for key in ("target_offset", "start", "random"):
+        np.testing.assert_array_equal(batch[key], again[key])
+        np.testing.assert_array_equal(batch[key][2], alone[key][0])
+        np.testing.assert_array_equal(batch[key][[0, 1, 2, 3]], reordered[key][[4, 3, 1, 0]])
+    # numpy integer ids (as from an index array) give the same draws as Python ints
+    np.testing.assert_array_equal(attacks.perturbation_draws(5, np.array([11]), shape)["start"], alone["start"])
+    # another seed, or another image, draws something else
+    other_seed = attacks.perturbation_draws(6, [7, 3, 11, 0], shape)
+    assert not np.array_equal(other_seed["start"], batch["start"])
+    assert not np.array_equal(other_seed["random"], batch["random"])
+    assert not np.array_equal(other_seed["target_offset"], batch["target_offset"])
+    assert not np.array_equal(batch["start"][0], batch["start"][1])
+
+
+def test_draw_shapes_and_types():
+    draws = attacks.perturbation_draws(0, [1, 2], (3, 4, 5), num_classes=10)
+    assert draws["target_offset"].shape == (2,) and draws["target_offset"].dtype == np.int64
+    for key in ("start", "random"):
+        assert draws[key].shape == (2, 3, 4, 5) and draws[key].dtype == np.float32
+    empty = attacks.perturbation_draws(0, [], (3, 4, 5))
+    assert empty["start"].shape == (0, 3, 4, 5) and empty["target_offset"].shape == (0,)
+
+
+def test_uniform_noise_statistics():
+    draws = attacks.perturbation_draws(3, range(20), (3, 32, 32))
+    for key in ("start", "random"):
+        values = draws[key].astype(np.float64).ravel()          # 61,440 values
+        assert values.min() >= -1.0 and values.max() <= 1.0
+        assert values.min() < -0.999 and values.max() > 0.999
+        # U(-1, 1): mean 0 (σ of the mean 0.0023), variance 1/3 (σ of the variance 0.0012)
+        assert abs(values.mean()) < 0.012
+        assert values.var() == pytest.approx(1 / 3, abs=0.006)
+        # ten equal bins of [-1, 1] hold 10 % each
+        counts, _ = np.histogram(values, bins=10, range=(-1, 1))
+        assert stats.chisquare(counts).pvalue > 1e-3, counts
+    # the PGD start and the random perturbation are independent draws, not the same noise
+    correlation = np.corrcoef(draws["start"].ravel(), draws["random"].ravel())[0, 1]
+    assert abs(correlation) < 0.02
+
+
+def test_sign_noise_is_exactly_plus_or_minus_one():
+    uniform = attacks.perturbation_draws(3, range(10), (3, 16, 16))
+    sign = attacks.perturbation_draws(3, range(10), (3, 16, 16), noise="sign")
+    values = sign["random"]
+    assert set(np.unique(values).tolist()) == {-1.0, 1.0}
+    assert abs(values.mean()) < 0.03            # 7,680 fair signs: σ of the mean 0.011
+    # the noise option changes only the random perturbation, not the attack's target or start
+    np.testing.assert_array_equal(sign["target_offset"], uniform["target_offset"])
+    np.testing.assert_array_equal(sign["start"], uniform["start"])
+
+
+def test_unknown_noise_is_a_value_error():
+    with pytest.raises(ValueError, match="unknown noise 'gauss'"):
+        attacks.perturbation_draws(0, [0], (3, 2, 2), noise="gauss")
+
+
+# --- random perturbation and the ε-ball (graph ops against NumPy) ---------------------------------
+
+def _extreme_images(count=3, size=32, seed=0):
+    """BGR uint8 images whose pixels are mostly 0 or 255 (so clipping to [-1, 1] matters), the rest random."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (count, size, size, 3))
+    corner = rng.random(images.shape)
+    images[corner < 0.3] = 0
+    images[corner > 0.7] = 255
+    return images.astype(np.uint8)
+
+
+def _run_ops(build, *arrays):
+    graph = tf.Graph()
+    with graph.as_default():
+        placeholders = [tf.placeholder(tf.float32, a.shape) for a in arrays]
+        outputs = build(*placeholders)
+        with tf.Session() as session:
+            return session.run(outputs, dict(zip(placeholders, arrays)))
+
+
+@pytest.mark.parametrize("noise", ["uniform", "sign"])
+def test_random_perturbation_stays_in_the_ball_and_the_valid_range(noise):
+    clean = to_model_space(_extreme_images())
+    assert np.sum(clean == -1.0) > 1000 and np.sum(clean == 1.0) > 1000
+    draws = attacks.perturbation_draws(1, range(len(clean)), clean.shape[1:], noise=noise)["random"]
+    perturbed = _run_ops(lambda x, n: attacks.random_perturbation(x, n, EPSILON), clean, draws)
+
+    expected = np.clip(clean + draws * EPSILON_MODEL, np.float32(-1), np.float32(1))
+    np.testing.assert_allclose(perturbed, expected, rtol=0, atol=1e-7)
+    assert np.abs(perturbed - clean).max() <= EPSILON_MODEL + TOLERANCE
+    assert perturbed.min() >= -1.0 and perturbed.max() <= 1.0
+    # clipping happened: white pixels pushed up stay at 1, black pixels pushed down stay at -1
+    assert np.all(perturbed[(clean == 1.0) & (draws > 0)] == 1.0)
+    assert np.all(perturbed[(clean == -1.0) & (draws < 0)] == -1.0)
+    if noise == "sign":
+        moved = np.abs(perturbed - clean)
+        inside = (clean > -1 + EPSILON_MODEL) & (clean < 1 - EPSILON_MODEL)
+        np.testing.assert_allclose(moved[inside], EPSILON_MODEL, rtol=0, atol=TOLERANCE)
+
+
+def test_epsilon_ball_is_the_linf_ball_intersected_with_the_valid_range():
+    clean = to_model_space(_extreme_images(count=2))
+    low, high = _run_ops(lambda x: attacks.epsilon_ball(x, EPSILON), clean)
+    np.testing.assert_allclose(low, np.maximum(clean - EPSILON_MODEL, -1), rtol=0, atol=1e-7)
+    np.testing.assert_allclose(high, np.minimum(clean + EPSILON_MODEL, 1), rtol=0, atol=1e-7)
+    assert np.all(low[clean == -1.0] == -1.0) and np.all(high[clean == 1.0] == 1.0)
+
+
+# --- PGD on a tiny network ------------------------------------------------------------------------
+
+class AttackGraph:
+    """A tiny network with `pgd_targeted` and, outside the loop, the same loss's input gradient."""
+
+    def __init__(self, spec, seed=0):
+        self.spec = spec
+        size = spec.arch.input_size
+        self.graph = tf.Graph()
+        with self.graph.as_default():
+            self.clean = tf.placeholder(tf.float32, [None, 3, size, size])
+            self.start = tf.placeholder(tf.float32, [None, 3, size, size])
+            self.target = tf.placeholder(tf.int64, [None])
+            self.steps = tf.placeholder(tf.int32, [])
+            self.step_size = tf.placeholder(tf.float32, [])
+            model = model_function(spec)
+            with TowerContext("", is_training=False):
+                self.logits = model(self.start)
+                losses = tf.nn.sparse_softmax_cross_entropy_with_logits(logits=self.logits, labels=self.target)
+                self.gradient, = tf.gradients(losses, self.start)
+                self.loss = losses
+                with tf.name_scope("attack"):
+                    self.attack = attacks.pgd_targeted(model, self.clean, self.start, self.target,
+                                                       EPSILON, self.step_size, self.steps)
+            self.variables = tf.global_variables()
+            self.session = tf.Session()
+        arrays = synthetic_checkpoint(spec, seed=seed)
+        checkpoints.restore(self.session, checkpoints.Checkpoint(None, "", arrays), spec)
+        self.graph.finalize()
+
+    def run(self, clean, start, target, steps, step_size):
+        return self.session.run(self.attack, {self.clean: clean, self.start: start, self.target: target,
+                                              self.steps: steps, self.step_size: step_size})
+
+    def gradient_at(self, image, target):
+        return self.session.run(self.gradient, {self.start: image, self.target: target})
+
+    def predict(self, image):
+        return self.session.run(self.logits, {self.start: image}).argmax(axis=1)
+
+
+@pytest.fixture(scope="module")
+def attack_graph():
+    graph = AttackGraph(tiny_spec("resnet_denoise"))
+    yield graph
+    graph.session.close()
+
+
+@pytest.fixture(scope="module")
+def batch(attack_graph):
+    """8 images (a third of their pixels at 0 or 255), their draws, PGD starts x + ε·U(-1, 1) (not
+    clipped, as in the study) and random targets other than the network's clean prediction."""
+    clean = to_model_space(_extreme_images(count=8, size=64, seed=4))
+    draws = attacks.perturbation_draws(0, range(8), clean.shape[1:], num_classes=10)
+    predicted = attack_graph.predict(clean)
+    targets = attacks.random_targets(predicted, draws["target_offset"], 10)
+    start = clean + draws["start"] * EPSILON_MODEL
+    return dict(clean=clean, start=start, targets=targets, predicted=predicted)
+
+
+def _ball(clean):
+    return (np.clip(clean - EPSILON_MODEL, np.float32(-1), np.float32(1)),
+            np.clip(clean + EPSILON_MODEL, np.float32(-1), np.float32(1)))
+
+
+def test_one_pgd_step_is_a_signed_gradient_step_clipped_to_the_ball(attack_graph, batch):
+    clean, start, targets = batch["clean"], batch["start"], batch["targets"]
+    alpha = np.float32(1.6 * IMAGE_SCALE)
+    adversarial = attack_graph.run(clean, start, targets, steps=1, step_size=1.6)
+
+    gradient = attack_graph.gradient_at(start, targets)
+    low, high = _ball(clean)
+    expected = np.clip(start - alpha * np.sign(gradient), low, high)
+    np.testing.assert_allclose(adversarial, expected, rtol=0, atol=1e-7)
+    assert np.mean(gradient != 0) > 0.5        # most pixels do move: the check is not vacuous
+
+
+def test_every_pgd_step_moves_a_pixel_by_alpha_or_zero_unless_clipped(attack_graph, batch):
+    clean, targets = batch["clean"], batch["targets"]
+    low, high = _ball(clean)
+    alpha = 2.0 * IMAGE_SCALE
+    previous = np.clip(batch["start"], low, high)
+    for _ in range(3):
+        current = attack_graph.run(clean, previous, targets, steps=1, step_size=2.0)
+        moved = np.abs(current - previous)
+        clipped = (current == low) | (current == high)
+        by_alpha = np.abs(moved - alpha) < TOLERANCE
+        still = moved == 0
+        assert np.all(by_alpha | still | clipped)
+        assert by_alpha.mean() > 0.3           # a real step, not a no-op
+        previous = current
+
+
+def test_pgd_stays_in_the_epsilon_ball_and_the_valid_range(attack_graph, batch):
+    clean = batch["clean"]
+    adversarial = attack_graph.run(clean, batch["start"], batch["targets"], steps=5, step_size=4.0)
+    assert np.abs(adversarial - clean).max() <= EPSILON_MODEL + TOLERANCE
+    assert adversarial.min() >= -1.0 and adversarial.max() <= 1.0
+    # the start left the valid range at saturated pixels; the attack brought them back
+    assert batch["start"].max() > 1.0 and batch["start"].min() < -1.0
+
+
+def test_zero_iterations_return_the_start_projected_into_the_ball(attack_graph, batch):
+    clean, start = batch["clean"], batch["start"]
+    result = attack_graph.run(clean, start, batch["targets"], steps=0, step_size=1.0)
+    low, high = _ball(clean)
+    np.testing.assert_array_equal(result, np.clip(start, low, high))
+    assert not np.array_equal(result, start)    # the projection did something
+
+
+def test_chained_single_steps_equal_one_multi_step_run(attack_graph, batch):
+    clean, targets = batch["clean"], batch["targets"]
+    chained = batch["start"]
+    for _ in range(3):
+        chained = attack_graph.run(clean, chained, targets, steps=1, step_size=1.0)
+    at_once = attack_graph.run(clean, batch["start"], targets, steps=3, step_size=1.0)
+    np.testing.assert_array_equal(chained, at_once)
+
+
+def test_batch_norm_is_in_inference_mode_during_the_attack(attack_graph, batch):
+    """With batch statistics an image's attack would depend on the rest of its batch."""
+    clean, start, targets = batch["clean"], batch["start"], batch["targets"]
+    together = attack_graph.run(clean, start, targets, steps=2, step_size=1.0)
+    alone = attack_graph.run(clean[5:6], start[5:6], targets[5:6], steps=2, step_size=1.0)
+    np.testing.assert_allclose(alone[0], together[5], rtol=0, atol=1e-6)
+    before = attack_graph.session.run(attack_graph.variables)
+    attack_graph.run(clean, start, targets, steps=2, step_size=1.0)
+    after = attack_graph.session.run(attack_graph.variables)
+    assert all(np.array_equal(b, a) for b, a in zip(before, after))   # no update op ran
+
+
+def test_pgd_reaches_the_target_on_a_random_tiny_network(attack_graph, batch):
+    clean, targets = batch["clean"], batch["targets"]
+    iterations = 40
+    step = attacks.step_size_rule(EPSILON, iterations)
+    assert step == 1.0
+    assert np.all(targets != batch["predicted"])
+    adversarial = attack_graph.run(clean, batch["start"], targets, steps=iterations, step_size=step)
+    reached = attack_graph.predict(adversarial) == targets
+    assert reached.mean() >= 0.75, (attack_graph.predict(adversarial), targets)
+    # the loss to the target went down for every image
+    before = attack_graph.session.run(attack_graph.loss, {attack_graph.start: clean, attack_graph.target: targets})
+    after = attack_graph.session.run(attack_graph.loss, {attack_graph.start: adversarial,
+                                                         attack_graph.target: targets})
+    assert np.all(after < before)
+    assert np.abs(adversarial - clean).max() <= EPSILON_MODEL + TOLERANCE
