@@ -37,6 +37,9 @@ def missing_checkpoint_message(spec, path):
         lines.append("  (or fetch {} yourself and pass --load PATH, or set REPRO_CHECKPOINTS=DIR)".format(spec.url))
     else:
         lines.append("Pass --load PATH with a checkpoint of this architecture.")
+    if spec.zoo == "imagenet":
+        lines.append("Or run the same study on the miniature zoo this repository ships (no download):")
+        lines.append("  python repro/evaluate.py --zoo mini --model ResNet ResNetDenoise ResNeXtDenoiseAll   (or: make demo)")
     return "\n".join(lines)
 
 

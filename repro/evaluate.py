@@ -11,7 +11,6 @@ manifest.json, Fig. 5.1 per model and Fig. 5.2 across models (PNG and PDF).
 Every batch is committed atomically to ``--out``/work; re-running the same command resumes.
 """
 import argparse
-import functools
 import logging
 import sys
 import time
@@ -78,7 +77,8 @@ def parse_args(argv=None):
                         help="checkpoint(s), one per --model (default: the zoo's file under checkpoints/ or "
                              "$REPRO_CHECKPOINTS)")
     parser.add_argument("--data", help="ImageNet validation folder (val/<wnid>/*.JPEG, or the folder of wnid "
-                                       "subfolders itself); labels are indices of the wnids in sorted order")
+                                       "subfolders itself); labels are indices of the wnids in sorted order. "
+                                       "Not used with --zoo mini, which studies its own held-out test split")
     parser.add_argument("--images", type=int, default=100,
                         help="number of validation images (the paper used 100), chosen by a seeded round-robin "
                              "over classes so they span many classes")
@@ -110,6 +110,9 @@ def parse_args(argv=None):
                                                     "do the rest into the same --out; tables merge them all)")
     parser.add_argument("--aggregate-only", action="store_true",
                         help="only (re)build the tables and figures from the batches already in --out")
+    parser.add_argument("--no-check", action="store_true",
+                        help="study a checkpoint even when its clean accuracy on the studied images is far "
+                             "below the published one")
     parser.add_argument("--attack-chunk", type=int, default=10, help="PGD steps per session run (progress)")
     args = parser.parse_args(argv)
     for name in ("images", "batch", "attack_chunk"):
@@ -131,17 +134,6 @@ def study_config(args):
                        attack_chunk=args.attack_chunk)
 
 
-def image_selection(args, spec):
-    """(paths, labels, loader) of the images studied, in selection order (image id = position)."""
-    from repro import data
-    if args.data is None:
-        raise cli.UsageError("--data is required: the ImageNet validation folder (val/<wnid>/*.JPEG)")
-    samples = data.imagenet_samples(args.data)
-    chosen = data.select_images(samples, args.images, seed=args.seed)
-    loader = functools.partial(data.load_imagenet_val_image, crop=spec.arch.input_size)
-    return [path for path, _ in chosen], np.array([label for _, label in chosen]), loader
-
-
 def run_model(spec, checkpoint_path, args, config, work, paths, labels, loader, timings):
     """All pending batches of one model; returns its checkpoint SHA-256."""
     from tqdm import tqdm
@@ -159,6 +151,7 @@ def run_model(spec, checkpoint_path, args, config, work, paths, labels, loader, 
     graph = StudyGraph(spec, checkpoint_path, config)
     timings["graph_build_and_restore"] += time.perf_counter() - began
     work.save_block_table(spec.name, block_table(spec.name, graph.taps))
+    check = sanity_check(spec, graph, paths, labels, loader, args)
     done = len(batches) - len(pending)
     log.info("%s: %d of %d batches already done, %d to run (%d PGD steps, α = %.2f px, ε = %g px)",
              spec.name, done, len(batches), len(pending), config.attack_iterations, config.step_size, config.epsilon)
@@ -193,7 +186,44 @@ def run_model(spec, checkpoint_path, args, config, work, paths, labels, loader, 
         steps_bar.close()
         images_bar.close()
         graph.close()
-    return graph.checkpoint.sha256
+    return graph.checkpoint.sha256, check
+
+
+def published_clean_accuracy(spec):
+    """Published clean top-1 accuracy in percent (ImageNet: Xie et al.; mini: the model card), or None."""
+    published = zoo.published_numbers(spec)
+    return 100.0 - published[0].top1_error if 0 in published else None
+
+
+def sanity_check(spec, graph, paths, labels, loader, args):
+    """Clean accuracy on the studied images beside the published one; stop on a clearly broken checkpoint.
+
+    "Clearly broken": the 95% Wilson upper bound of the measured accuracy is below half the published
+    accuracy (e.g. near chance where 62% is published) — a wrong or damaged checkpoint, or wrong
+    preprocessing, whose feature maps would mean nothing. ``--no-check`` skips the stop, not the report.
+    """
+    from repro.aggregate import wilson_interval
+    from repro.data import iterate_batches
+    published = published_clean_accuracy(spec)
+    correct = total = 0
+    for indices, images, _ in iterate_batches(paths, 32, loader):
+        if len(indices):
+            correct += int((graph.predict_clean(images) == labels[indices]).sum())
+            total += len(indices)
+    low, high = wilson_interval(correct, total)
+    result = {"images": total, "correct": correct, "accuracy": 100.0 * correct / total if total else None,
+              "ci95": [100.0 * low, 100.0 * high], "published_accuracy": published}
+    log.info("%s: clean top-1 accuracy on the %d studied images %.1f%% (95%% CI %.1f–%.1f)%s", spec.name, total,
+             result["accuracy"] or 0.0, 100 * low, 100 * high,
+             "; published {:.1f}% on the full set".format(published) if published is not None else "")
+    if published is not None and total and 100.0 * high < published / 2:
+        message = ("{}: clean accuracy {:.1f}% (95% CI up to {:.1f}%) on {} images, far below the published {:.1f}%: "
+                   "the checkpoint or the data looks broken (wrong file, wrong --model, damaged weights, or labels "
+                   "not in sorted-wnid order)".format(spec.name, result["accuracy"], 100 * high, total, published))
+        if not args.no_check:
+            raise cli.UsageError(message + "; pass --no-check to study it anyway")
+        log.warning(message)
+    return result
 
 
 def visualize_blocks(taps, count=4):
@@ -245,16 +275,19 @@ def main(argv=None):
     config = study_config(args)
     work = runner.WorkDirectory(args.out, runner.result_config(config, SELECTION_RULE, args.batch))
     timings = defaultdict(float)
-    hashes = {}
+    hashes, checks = {}, {}
     paths = []
     if not args.aggregate_only:
         for spec, path in zip(specs, checkpoint_paths):
             if not path.is_file():
                 raise cli.UsageError(cli.missing_checkpoint_message(spec, path))
-        paths, labels, loader = image_selection(args, specs[0])
+        if args.data is None and specs[0].zoo != "mini":
+            raise cli.UsageError("--data is required: the ImageNet validation folder (val/<wnid>/*.JPEG)")
+        paths, labels, loader = runner.image_selection(specs[0], args.data, args.images, args.seed)
         log.info("studying %d images with %s", len(paths), ", ".join(s.name for s in specs))
         for spec, path in zip(specs, checkpoint_paths):
-            hashes[spec.name] = run_model(spec, path, args, config, work, paths, labels, loader, timings)
+            hashes[spec.name], checks[spec.name] = run_model(spec, path, args, config, work, paths, labels, loader,
+                                                             timings)
     began = time.perf_counter()
     blocks, images, summary = runner.write_tables(work, [s.name for s in specs], args.out)
     figures = runner.write_figures(blocks, [s.name for s in specs], args.out)
@@ -262,7 +295,8 @@ def main(argv=None):
     studied = int((images["error"].fillna("") == "").sum()) if len(images) else 0
     runner.write_manifest(args.out, {
         "command": " ".join(sys.argv), "config": work.config, "models": {
-            s.name: {"zoo": s.zoo, "depth": s.depth, "checkpoint": str(p), "sha256": hashes.get(s.name)}
+            s.name: {"zoo": s.zoo, "depth": s.depth, "checkpoint": str(p), "sha256": hashes.get(s.name),
+                     "clean_check": checks.get(s.name)}
             for s, p in zip(specs, checkpoint_paths)},
         "images_selected": len(paths), "images_studied_total": studied, "data": args.data,
         "shard": args.shard, "packages": runner.package_versions(), "git": runner.git_state(),

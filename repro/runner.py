@@ -12,6 +12,7 @@ made by merging the per-batch sufficient statistics (`repro.aggregate`), which a
 other machines into the same ``work/``.
 """
 import dataclasses
+import functools
 import datetime
 import hashlib
 import json
@@ -141,6 +142,32 @@ def batch_statistics(model, first, last, result):
     if result is not None and len(result.image_ids):
         statistics.add_many(model, result.values)
     return statistics
+
+
+MINI_TEST_PREFIX = "mini-test/"
+
+
+def image_selection(spec, data_dir, count, seed=0):
+    """(paths, labels, loader) of the images studied, in selection order (image id = position).
+
+    ImageNet: ``count`` validation images chosen by `repro.data.select_images` (seeded round-robin
+    over classes). Miniature zoo: the first ``count`` of its fixed, class-interleaved test split
+    (`repro.minidata`), named ``mini-test/<index>``.
+    """
+    from repro import data
+    if spec.zoo == "mini":
+        from repro import minidata
+        images, labels = minidata.load_split("test")
+        if count is None or count > len(images):
+            if count is not None:
+                log.warning("the miniature test split has %d images; using all of them", len(images))
+            count = len(images)
+        paths = ["{}{:05d}".format(MINI_TEST_PREFIX, index) for index in range(count)]
+        return paths, labels[:count], lambda path: images[int(str(path)[len(MINI_TEST_PREFIX):])]
+    samples = data.imagenet_samples(data_dir)
+    chosen = data.select_images(samples, len(samples) if count is None else count, seed=seed)
+    loader = functools.partial(data.load_imagenet_val_image, crop=spec.arch.input_size)
+    return [path for path, _ in chosen], np.array([label for _, label in chosen]), loader
 
 
 # --- outputs ---------------------------------------------------------------------------------------

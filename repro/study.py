@@ -105,6 +105,13 @@ class StudyGraph:
         with tf.name_scope("attack"):
             self.attack = attacks.pgd_targeted(model, self.clean, self.adversarial, self.target,
                                                config.epsilon, config.step_size, self.steps)
+        with tf.name_scope("clean_check"):
+            self.clean_prediction = tf.argmax(model(self.clean), axis=1)
+
+    def predict_clean(self, images_bgr, batch_size=16):
+        """Top-1 predictions on clean images (BGR uint8), for the sanity check before a long run."""
+        return np.concatenate([self.session.run(self.clean_prediction, {self.clean: to_model_space(
+            images_bgr[start:start + batch_size])}) for start in range(0, len(images_bgr), batch_size)])
 
     def run_attack(self, clean, start, targets, on_steps=None):
         """PGD from ``start`` for the configured number of steps, in chunks; ``on_steps(k)`` after each."""

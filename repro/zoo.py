@@ -5,7 +5,9 @@ release URL, and the published numbers it should reproduce (SPEC §1). A second 
 is one more table of the same records.
 """
 import dataclasses
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Dict, Optional, Tuple
 
 RESNET_BLOCKS = {50: (3, 4, 6, 3), 101: (3, 4, 23, 3), 152: (3, 8, 36, 3)}
@@ -129,6 +131,32 @@ def get_model(name: str, zoo: str = DEFAULT_ZOO, depth: Optional[int] = None) ->
     arch = dataclasses.replace(spec.arch, blocks_per_group=RESNET_BLOCKS[depth])
     return dataclasses.replace(spec, arch=arch, depth=depth, published={}, url=None,
                                checkpoint="{}-{}.npz".format(name, depth))
+
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def model_card_path(spec: ModelSpec) -> Optional[Path]:
+    """The model card (JSON) beside a checkpoint this repository ships, if the model has one."""
+    if not spec.bundled_dir:
+        return None
+    return REPO_ROOT / spec.bundled_dir / (Path(spec.checkpoint).stem + ".json")
+
+
+def published_numbers(spec: ModelSpec) -> Dict[int, Published]:
+    """Attack iterations → published top-1 error and attack success (percent): Xie et al.'s for the
+    ImageNet zoo (SPEC §1), the model card's measurement on the held-out test split for a shipped model."""
+    if spec.published:
+        return dict(spec.published)
+    path = model_card_path(spec)
+    if path is None or not path.is_file():
+        return {}
+    results = json.loads(path.read_text())["evaluation"]["results"]
+    numbers = {}
+    for record in results.values():
+        success = record.get("attack_success", {}).get("percent")
+        numbers[int(record.get("iterations", 0))] = Published(record["top1_error"]["percent"], success)
+    return numbers
 
 
 def model_names(zoo: str = DEFAULT_ZOO):

@@ -178,7 +178,7 @@ def test_full_size_two_model_run_with_synthetic_checkpoints(tmp_path, synthetic_
     write_images(tmp_path / "val" / wnids[500], [(320, 256)], seed=2)
     out = tmp_path / "out"
     argv = ["--model", "ResNet", "ResNeXtDenoiseAll", "--data", str(tmp_path), "--images", "2", "--batch", "2",
-            "--attack-iter", "2", "--out", str(out), "--visualize", "2",
+            "--attack-iter", "2", "--out", str(out), "--visualize", "2", "--no-check",
             "--load", str(synthetic_imagenet_checkpoint("ResNet")), str(synthetic_imagenet_checkpoint("ResNeXtDenoiseAll"))]
     assert cli.run_main(evaluate.main, argv) == 0
     blocks = pd.read_csv(out / "blocks.csv")
