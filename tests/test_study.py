@@ -185,18 +185,17 @@ def test_another_seed_changes_targets_noise_and_attack(study, result, images, sw
 
 def test_an_images_result_does_not_depend_on_its_batch(study, result, images):
     """Images 2 and 3 alone get the targets and adversarial images they got in the batch of four:
-    draws are keyed by image id, BatchNorm uses moving statistics. Batch size may change the
-    convolutions' float round-off; a pixel may then land one step away, nothing more."""
+    draws are keyed by image id, BatchNorm uses moving statistics. Measured: the adversarial images
+    are bit-identical (TF 2.21 oneDNN CPU kernels, batch 4 vs 2), so equality is asserted exactly;
+    should another kernel make round-off depend on the batch size, a pixel could land one step away."""
     alone = study.run_batch(images[0][2:], images[1][2:], IMAGE_IDS[2:])
     np.testing.assert_array_equal(alone.targets, result.targets[2:])
-    difference = np.abs(alone.adversarial - result.adversarial[2:])
-    step = CONFIG.step_size * IMAGE_SCALE
-    assert difference.max() <= 2 * step + 1e-6
-    assert np.mean(difference > 1e-6) < 1e-3, np.sum(difference > 1e-6)
-    print("batch independence: max |difference|", difference.max(), "pixels differing", np.sum(difference > 0))
-    np.testing.assert_array_equal(alone.predictions["clean"], result.predictions["clean"][2:])
-    np.testing.assert_allclose(alone.values[("random", "frobenius", 5)],
-                               result.values[("random", "frobenius", 5)][2:], rtol=1e-5)
+    np.testing.assert_array_equal(alone.adversarial, result.adversarial[2:])
+    for name in ("clean",) + PERTURBATIONS:
+        np.testing.assert_array_equal(alone.predictions[name], result.predictions[name][2:])
+    for key, value in result.values.items():
+        np.testing.assert_allclose(alone.values[key], value[2:], rtol=1e-5, atol=1e-6, equal_nan=True,
+                                   err_msg=str(key))
 
 
 def test_chunked_attack_equals_one_uninterrupted_run(study, images, swap_config):
@@ -229,6 +228,46 @@ def test_zero_attack_iterations_give_the_start_in_the_ball(study, images, swap_c
     high = np.clip(clean + EPSILON_MODEL, np.float32(-1), np.float32(1))
     np.testing.assert_array_equal(result, np.clip(start, low, high))
     assert calls == []
+
+
+class _SessionGuard:
+    """Stands in for the study's session: counts runs and stops a loop that would never end."""
+
+    def __init__(self, session, limit=20):
+        self.session, self.limit, self.runs = session, limit, 0
+
+    def run(self, *args, **kwargs):
+        self.runs += 1
+        if self.runs > self.limit:
+            raise RuntimeError("run_attack called session.run more than {} times: it loops forever".format(self.limit))
+        return self.session.run(*args, **kwargs)
+
+
+@pytest.mark.xfail(reason="StudyConfig accepts attack_chunk <= 0 and run_attack then loops forever "
+                          "(study.py, run_attack: steps = min(0, remaining) never decreases remaining)",
+                   strict=True)
+@pytest.mark.parametrize("chunk", [0, -3])
+def test_a_non_positive_attack_chunk_is_a_value_error(study, images, swap_config, chunk):
+    clean = to_model_space(images[0])
+    session = study.session
+    study.session = _SessionGuard(session)
+    try:
+        with pytest.raises(ValueError, match="attack_chunk"):
+            swap_config(attack_chunk=chunk)          # raised here if StudyConfig validates itself ...
+            study.run_attack(clean, clean, np.zeros(4, np.int64))   # ... or here
+    finally:
+        study.session = session
+
+
+@pytest.mark.xfail(reason="StudyConfig accepts attack_iterations < 0; run_attack then returns the start "
+                          "unprojected (outside the ε-ball and [-1, 1]) without running the attack",
+                   strict=True)
+def test_negative_attack_iterations_are_a_value_error(study, images, swap_config):
+    clean = to_model_space(images[0])
+    start = clean + np.float32(0.5)                  # outside the ball: must never be returned as is
+    with pytest.raises(ValueError, match="attack_iterations"):
+        swap_config(attack_iterations=-1)
+        study.run_attack(clean, start, np.zeros(4, np.int64))
 
 
 @pytest.mark.slow
