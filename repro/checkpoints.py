@@ -235,6 +235,11 @@ def synthetic_arrays(name_shapes, seed: int = 0, residual_gain: float = 0.2) -> 
             value = rng.normal(0.0, np.sqrt(2.0 / fan_in), shape)
         elif key.endswith("/W"):
             value = rng.normal(0.0, 0.01 * np.sqrt(2048.0 / shape[0]), shape)
+        elif key.endswith("/non_local/conv/bn/gamma"):
+            # The dot-product non-local branch is cubic in x: with a residual gain like the other
+            # branches', small input changes grow without bound over 33 blocks; trained networks
+            # (zero-initialised γ, Goyal et al. Sec. 5.1) keep such branches small.
+            value = 0.1 * residual_gain * rng.uniform(0.8, 1.2, shape)
         elif key.endswith("/gamma"):
             last_bn = "/conv3/bn/" in key or key.endswith("/conv/bn/gamma")
             value = (residual_gain if last_bn else 1.0) * rng.uniform(0.8, 1.2, shape)

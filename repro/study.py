@@ -141,6 +141,10 @@ class StudyGraph:
         began = time.perf_counter()
         adversarial = self.run_attack(clean, start, targets, on_steps)
         timings["attack"] = time.perf_counter() - began
+        broken = [image_id for image_id, image in zip(image_ids, adversarial) if not np.isfinite(image).all()]
+        if broken:
+            log.warning("%s: the attack's gradient overflowed for image(s) %s (non-finite adversarial images); "
+                        "their adversarial metrics will be excluded as non-finite", self.spec.name, broken)
 
         began = time.perf_counter()
         fetches = {"predictions": self.predictions, "values": self.metric_values}
