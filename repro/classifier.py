@@ -20,8 +20,17 @@ def model_variables(spec):
 
 
 def session_config():
-    """Intra-op threads as the machine allows; one inter-op pool (the graphs are mostly sequential)."""
-    return tf.ConfigProto(allow_soft_placement=True)
+    """Session options for every graph of the project.
+
+    Grappler's remapper fuses ops (e.g. convolution + BatchNorm + ReLU) into kernels that, with the
+    oneDNN NCHW path this CPU build needs, made the forward pass much slower: ResNet-50 on 6 images took
+    30.5 s with it and 2.4 s without, logits equal to 6e-7 (measured side by side in one process on a
+    loaded 2-core machine, 2026-11-26). It changes no result beyond float round-off, so it is off.
+    """
+    from tensorflow.core.protobuf import rewriter_config_pb2
+    config = tf.ConfigProto(allow_soft_placement=True)
+    config.graph_options.rewrite_options.remapping = rewriter_config_pb2.RewriterConfig.OFF
+    return config
 
 
 class Classifier:

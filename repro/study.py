@@ -38,6 +38,11 @@ class StudyConfig:
     seed: int = 0
     attack_chunk: int = 10                # PGD steps per session run (for progress)
 
+    def __post_init__(self):
+        for name, low in (("attack_iterations", 0), ("attack_chunk", 1), ("epsilon", 0)):
+            if getattr(self, name) < low:
+                raise ValueError("{} must be ≥ {}, got {}".format(name, low, getattr(self, name)))
+
     @property
     def step_size(self):
         return attacks.step_size_rule(self.epsilon, self.attack_iterations, self.attack_step_size)

@@ -79,10 +79,6 @@ def test_target_offsets_cover_1_to_999_for_imagenet():
     assert len(np.unique(offsets)) == 999      # 20000 draws hit every one of 999 values (P(miss) ≈ 2e-6)
 
 
-def _rows(draws, index):
-    return {key: value[index] for key, value in draws.items()}
-
-
 def test_draws_are_deterministic_per_seed_and_image_id_whatever_the_batch():
     shape = (3, 8, 8)
     batch = attacks.perturbation_draws(5, [7, 3, 11, 0], shape)
