@@ -70,6 +70,9 @@ def save_checkpoint(arrays: Dict[str, np.ndarray], path) -> Path:
     try:
         with os.fdopen(handle, "wb") as stream:
             np.savez(stream, **{variable_key(k) + ":0": np.asarray(v) for k, v in arrays.items()})
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)           # mkstemp's 0600 would make the file private
         os.replace(temporary, path)
     except BaseException:
         os.unlink(temporary)
