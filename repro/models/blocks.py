@@ -17,6 +17,13 @@ def batch_norm(x, name=None):
     return BatchNorm("bn", x)
 
 
+def residual_batch_norm(x, name=None):
+    """The last BatchNorm of a residual branch, γ initialised to 0 so every branch starts as the
+    identity — ImageNet in 1 Hour (Goyal et al.), Sec. 5.1. Only matters when training from scratch
+    (the dot-product non-local branch, cubic in x, overflows at initialisation otherwise)."""
+    return BatchNorm("bn", x, gamma_initializer=tf.zeros_initializer())
+
+
 def shortcut(x, channels_out, stride):
     """Identity, or a strided 1×1 projection + BN when the channel count changes ("option B" of He et
     al., Deep Residual Learning, Sec. 3.3)."""
@@ -37,7 +44,7 @@ def bottleneck(x, channels, stride, groups=1, width_per_group=64):
     residual = Conv2D("conv1", x, inner, 1, strides=1, activation=BNReLU)
     # ImageNet in 1 Hour (Goyal et al.), Sec. 5.1: the stride-2 convolution is the 3×3, not the 1×1.
     residual = Conv2D("conv2", residual, inner, 3, strides=stride, activation=BNReLU, split=groups)
-    residual = Conv2D("conv3", residual, channels * 4, 1, activation=batch_norm)
+    residual = Conv2D("conv3", residual, channels * 4, 1, activation=residual_batch_norm)
     total = residual + shortcut(x, channels * 4, stride)
     return tf.nn.relu(total, name="block_output")
 
@@ -83,7 +90,7 @@ def denoising_block(name, x, embed, softmax):
     is the op ``<name>/add`` that SPEC §4 offers as the "denoised" tap."""
     with tf.variable_scope(name):
         denoised = non_local_means(x, embed=embed, softmax=softmax)
-        denoised = Conv2D("conv", denoised, x.shape.as_list()[1], 1, strides=1, activation=batch_norm)
+        denoised = Conv2D("conv", denoised, x.shape.as_list()[1], 1, strides=1, activation=residual_batch_norm)
         return tf.add(x, denoised, name="add")
 
 
