@@ -21,7 +21,7 @@ the project's environment — no download, no data set files:
 Patches are 32×32, BGR uint8 (OpenCV's channel order, like every image of this project), cut at the
 photograph's own resolution; gray photographs are replicated to three equal channels. Half the classes
 are gray, so colour alone cannot separate them: a nearest-centroid classifier on a patch's per-channel
-mean colour (centroids from 500 train patches per class) gets 53.3% on the test split
+mean colour (centroids from 500 train patches per class) gets 43.9% on the test split
 (`tests/test_minidata.py` recomputes it), against 10% chance.
 
 **Regions (train and test never share a pixel).** Each photograph is cut into a grid of 64×64 tiles

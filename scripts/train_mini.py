@@ -2,7 +2,7 @@
 """Adversarially train one network of the miniature zoo and write its checkpoint and model card.
 
     python scripts/train_mini.py --model ResNet --minutes 15
-    python scripts/train_mini.py --model ResNeXtDenoiseAll --steps 2000 --batch 64 --seed 0 --out mini_zoo/
+    python scripts/train_mini.py --model ResNeXtDenoiseAll --steps 1500 --batch 32 --seed 0 --out mini_zoo/
 
 Adversarial training as in Feature Denoising (Xie et al. 2019), Sec. 5, scaled down to the 32×32, 10-class
 task of `repro.minidata` and a few CPU minutes:
@@ -12,8 +12,8 @@ task of `repro.minidata` and a few CPU minutes:
 - the attacker runs the model with BatchNorm in inference mode and without EMA updates, like the
   released code (``argscope(BatchNorm, training=False)`` inside ``freeze_collection(UPDATE_OPS)``); the
   training step then runs BatchNorm on the adversarial batch in training mode;
-- Xie et al. take 30 PGD steps of α = 1 (a path of 30 ≈ 2ε). Here K = ``--attack-steps`` (default 4)
-  steps of α = 2ε/K keep that path length at a fraction of the cost;
+- Xie et al. take 30 PGD steps of α = 1 (a path of 30 ≈ 2ε). Here K = ``--attack-steps`` (default 3)
+  steps of α = 2ε/K (10.7 pixels) keep that path length at a tenth of the cost;
 - label smoothing 0.1 (Sec. 5), momentum SGD (0.9, Nesterov, as tensorpack's ImageNet models) with a
   linear warm-up then cosine decay (Goyal et al., ImageNet in 1 Hour), weight decay 1e-4 on every
   convolution and fully connected weight (``.*/W``), the learning rate scaled linearly with the batch.
@@ -53,8 +53,8 @@ DEFAULT_OUT = REPO_ROOT / "mini_zoo"
 @dataclasses.dataclass
 class TrainConfig:
     """Every hyperparameter of a run; written to the model card as is."""
-    steps: int = 2000
-    batch: int = 64
+    steps: int = 1500
+    batch: int = 32
     seed: int = 0
     minutes: float = None                  # wall-clock budget for training (None: run all steps)
     base_learning_rate: float = 0.1        # at batch 64; scaled by batch / 64 (linear scaling rule)
@@ -65,7 +65,7 @@ class TrainConfig:
     warmup_fraction: float = 0.05          # linear warm-up from 0 over this fraction of training
     schedule: str = "cosine"
     attack_epsilon: float = 16.0           # pixels
-    attack_steps: int = 4
+    attack_steps: int = 3
     attack_step_size: float = None         # pixels; None: 2ε / steps
     prob_start_from_clean: float = 0.2     # per batch (Xie et al. Sec. 5)
     attack_targeted: bool = True
@@ -84,6 +84,15 @@ class TrainConfig:
         record = dataclasses.asdict(self)
         record.update(attack_step_size=self.step_size, peak_learning_rate=self.peak_learning_rate)
         return record
+
+
+def schedule_progress(step, elapsed_seconds, config):
+    """How far training is, in [0, ∞): step / steps, or with a time budget max(step / steps, elapsed / budget)
+    — so the schedule reaches its end at the deadline when the steps would not fit."""
+    progress = step / config.steps
+    if config.minutes:
+        progress = max(progress, elapsed_seconds / (config.minutes * 60.0))
+    return progress
 
 
 def learning_rate(progress, config):
@@ -128,8 +137,8 @@ class TrainingGraph:
                 with freeze_collection([tf.GraphKeys.UPDATE_OPS]), argscope(BatchNorm, training=False):
                     # First call outside the loop: variables cannot be created inside a while_loop.
                     clean_logits = model(clean)
-                    adversarial = self._adversarial(model, clean, self.labels, classes, config, attacks, tf)
-                logits = model(tf.stop_gradient(adversarial, name="adv_training_sample"))
+                    self.adversarial = self._adversarial(model, clean, self.labels, classes, config, attacks, tf)
+                logits = model(tf.stop_gradient(self.adversarial, name="adv_training_sample"))
             self.loss = self._loss(logits, self.labels, classes, config, tf)
             self.weight_decay = tf.multiply(config.weight_decay, tf.add_n(
                 [tf.nn.l2_loss(v) for v in tf.trainable_variables() if v.name.endswith("/W:0")]),
@@ -169,7 +178,8 @@ class TrainingGraph:
 
 def train(spec, config, stream):
     """Run the training loop; returns (model arrays by name, run record)."""
-    from repro.classifier import model_variables, session_config
+    from repro.classifier import model_variables
+    from repro.robustness import session_config
     from repro.tfcompat import tf
 
     built = TrainingGraph(spec, config)
@@ -186,35 +196,36 @@ def train(spec, config, stream):
     step, progress, stopped_by = 0, 0.0, "steps"
     clean_accuracy, losses = float("nan"), []
     with tqdm(total=config.steps, desc=spec.name, unit="step", dynamic_ncols=True) as bar:
-        while step < config.steps:
-            elapsed = time.perf_counter() - began
-            progress = step / config.steps
-            if budget:
-                if elapsed >= budget:
+        try:
+            while step < config.steps:
+                progress = schedule_progress(step, time.perf_counter() - began, config)
+                if progress >= 1.0 and budget:
                     stopped_by = "deadline"
                     break
-                progress = max(progress, elapsed / budget)
-            rate = learning_rate(progress, config)
-            images, labels = stream.batch(config.batch)
-            feed = {built.images: images, built.labels: labels, built.learning_rate: rate}
-            fetches = [built.train_op, built.loss, built.accuracy]
-            if step % config.clean_accuracy_every == 0:
-                # Read before the update, on the same batch: inference-mode BatchNorm, clean images.
-                clean_accuracy = float(session.run(built.clean_accuracy, feed))
-            _, loss, accuracy = session.run(fetches, feed)
-            if not np.isfinite(loss):
-                raise FloatingPointError("training loss became {} at step {}: lower --lr".format(loss, step))
-            losses.append(float(loss))
-            step += 1
-            bar.update(1)
-            bar.set_postfix(loss="{:.3f}".format(loss), adv_acc="{:.2f}".format(accuracy),
-                            clean_acc="{:.2f}".format(clean_accuracy), lr="{:.4f}".format(rate))
+                rate = learning_rate(progress, config)
+                images, labels = stream.batch(config.batch)
+                feed = {built.images: images, built.labels: labels, built.learning_rate: rate}
+                if step % config.clean_accuracy_every == 0:
+                    # Before the update, on the same batch: inference-mode BatchNorm, clean images.
+                    clean_accuracy = float(session.run(built.clean_accuracy, feed))
+                _, loss, accuracy = session.run([built.train_op, built.loss, built.accuracy], feed)
+                if not np.isfinite(loss):
+                    raise FloatingPointError("training loss became {} at step {}: lower --lr".format(loss, step))
+                losses.append(float(loss))
+                step += 1
+                bar.update(1)
+                bar.set_postfix(loss="{:.3f}".format(loss), adv_acc="{:.2f}".format(accuracy),
+                                clean_acc="{:.2f}".format(clean_accuracy), lr="{:.4f}".format(rate))
+        except KeyboardInterrupt:
+            # Ctrl-C ends training early like the deadline does: the model so far is evaluated and written.
+            stopped_by = "interrupted"
     seconds = time.perf_counter() - began
     arrays = session.run({name: built.variables[name] for name in names})
     session.close()
     tail = losses[-50:]
     record = {"steps": step, "examples": step * config.batch, "wall_time_seconds": round(seconds, 1),
-              "stopped_by": stopped_by, "final_progress": round(min(1.0, max(progress, step / config.steps)), 4),
+              "stopped_by": stopped_by,
+              "final_progress": round(min(1.0, schedule_progress(step, seconds, config)), 4),
               "mean_loss_last_50_steps": float(np.mean(tail)) if tail else None,
               "last_clean_train_accuracy": clean_accuracy}
     return arrays, record
