@@ -5,7 +5,7 @@ pgd_targeted`, SPEC §3) with the attack's ε, step size and number of steps fed
 PGD-10 and PGD-100 share one restored session. The randomness is the study's: the target and the random
 start of image ``i`` come from ``repro.attacks.perturbation_draws(seed, [image_ids[i]], ...)`` whatever the
 batch, so these numbers are exactly those of the study's adversarial predictions on the same images.
-Used by ``scripts/train_mini.py`` for the model cards and reusable by a validation entry point.
+Used by ``scripts/train_mini.py`` for the model cards and by ``repro/validate.py``.
 """
 import time
 
@@ -14,24 +14,10 @@ from tensorpack.tfutils.tower import TowerContext
 
 from repro import attacks, checkpoints
 from repro.aggregate import wilson_interval
-from repro import classifier
+from repro.classifier import session_config
 from repro.data import to_model_space
 from repro.models import model_function, preprocess
 from repro.tfcompat import tf
-
-
-def session_config():
-    """`repro.classifier.session_config` with grappler's remapper off.
-
-    On this TensorFlow CPU build (oneDNN) the remapper fuses each convolution with its inference-mode
-    BatchNorm into one NCHW kernel that runs 30–80× slower than the two ops apart: measured on 2 cores,
-    a forward pass of the mini ResNet-44 over 100 patches took 25.7 s fused and 0.67 s unfused, with
-    logits equal to 1e-7 and the same predictions. Training-mode BatchNorm is never fused.
-    """
-    config = classifier.session_config()
-    rewrite = config.graph_options.rewrite_options
-    rewrite.remapping = rewrite.OFF
-    return config
 
 
 class RobustnessEvaluator:

@@ -17,10 +17,11 @@ from repro.models import model_function
 from repro.tfcompat import tf
 
 
-def synthetic_checkpoint(spec, seed=0, calibration_images=4):
-    """Arrays (name → float32) for ``spec``: ``checkpoints.synthetic_arrays`` plus BN statistics
-    calibrated on ``calibration_images`` seeded random images."""
-    arrays = checkpoints.synthetic_arrays(model_variables(spec), seed=seed)
+def synthetic_checkpoint(spec, seed=0, calibration_images=4, **gains):
+    """Arrays (name → float32) for ``spec``: ``checkpoints.synthetic_arrays`` (``gains``: its
+    ``residual_gain`` / ``non_local_gain``) plus BN statistics calibrated on ``calibration_images``
+    seeded random images."""
+    arrays = checkpoints.synthetic_arrays(model_variables(spec), seed=seed, **gains)
     size = spec.arch.input_size
     images = np.random.default_rng(seed).uniform(-1, 1, (calibration_images, 3, size, size)).astype(np.float32)
     graph = tf.Graph()

@@ -176,10 +176,32 @@ class TrainingGraph:
                               name="cross_entropy")
 
 
+def residual_gamma_at_start(session, built):
+    """The initial γ of each residual branch's last BatchNorm (``conv3/bn``, ``non_local/conv/bn``,
+    ``*_denoise/conv/bn``) — 0 when the branches start as the identity (Goyal et al. Sec. 5.1) — as
+    the distinct values found, for the model card."""
+    names = [name for name in built.variables
+             if name.endswith("conv3/bn/gamma") or name.endswith("/conv/bn/gamma")]
+    values = np.unique(np.concatenate([session.run(built.variables[name]).ravel() for name in names]))
+    return [float(value) for value in values]
+
+
+def source_revision():
+    """The git commit of the code that trained the model and which of its files differed from it."""
+    import subprocess
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                check=True).stdout.strip()
+        changed = subprocess.run(["git", "status", "--porcelain", "--", "repro", "scripts/train_mini.py"],
+                                 cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.split("\n")
+    except (OSError, subprocess.CalledProcessError):
+        return {"commit": None, "uncommitted_changes": None}
+    return {"commit": commit, "uncommitted_changes": [line[3:] for line in changed if line.strip()]}
+
+
 def train(spec, config, stream):
     """Run the training loop; returns (model arrays by name, run record)."""
-    from repro.classifier import model_variables
-    from repro.robustness import session_config
+    from repro.classifier import model_variables, session_config
     from repro.tfcompat import tf
 
     built = TrainingGraph(spec, config)
@@ -190,6 +212,7 @@ def train(spec, config, stream):
     session = tf.Session(graph=built.graph, config=session_config())
     session.run(built.initializer)
     built.graph.finalize()
+    initial_residual_gamma = residual_gamma_at_start(session, built)
 
     budget = config.minutes * 60.0 if config.minutes else None
     began = time.perf_counter()
@@ -227,6 +250,7 @@ def train(spec, config, stream):
               "stopped_by": stopped_by,
               "final_progress": round(min(1.0, schedule_progress(step, seconds, config)), 4),
               "mean_loss_last_50_steps": float(np.mean(tail)) if tail else None,
+              "residual_bn_gamma_init": initial_residual_gamma,
               "last_clean_train_accuracy": clean_accuracy}
     return arrays, record
 
@@ -286,7 +310,7 @@ def architecture_record(spec, arrays):
             "variables": len(arrays)}
 
 
-def model_card(spec, config, run, arrays, checkpoint_path, evaluation):
+def model_card(spec, config, run, arrays, checkpoint_path, evaluation, source):
     from repro import minidata
     from repro.checkpoints import sha256_of
     return {
@@ -303,6 +327,7 @@ def model_card(spec, config, run, arrays, checkpoint_path, evaluation):
                      "method": "adversarial training (Xie et al. 2019, Sec. 5): every batch replaced by "
                                "targeted PGD examples to random targets"},
         "seed": config.seed,
+        "source": source,
         "run": {**run, "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
                 "cpus": os.cpu_count()},
         "evaluation": evaluation,
@@ -356,12 +381,13 @@ def main(argv=None):
     config = TrainConfig(steps=args.steps, batch=args.batch, seed=args.seed, minutes=args.minutes,
                          base_learning_rate=args.lr, attack_steps=args.attack_steps)
     out = pathlib.Path(args.out)
+    source = source_revision()          # before training: the code as it was when the run started
     arrays, run = train(spec, config, minidata.TrainStream(args.seed))
     log.info("%s: %d steps in %.0f s (%s)", spec.name, run["steps"], run["wall_time_seconds"], run["stopped_by"])
     checkpoint_path = save_checkpoint(arrays, out / spec.checkpoint)
     evaluation = evaluate(spec, checkpoint_path, args.eval_attacks, args.eval_limit, 16.0,
                           args.eval_seed, args.eval_batch)
-    card = model_card(spec, config, run, arrays, checkpoint_path, evaluation)
+    card = model_card(spec, config, run, arrays, checkpoint_path, evaluation, source)
     card_path = out / (pathlib.Path(spec.checkpoint).stem + ".json")
     temporary = card_path.with_suffix(".json.tmp")
     temporary.write_text(json.dumps(card, indent=2) + "\n")

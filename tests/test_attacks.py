@@ -195,7 +195,7 @@ def test_epsilon_ball_is_the_linf_ball_intersected_with_the_valid_range():
 class AttackGraph:
     """A tiny network with `pgd_targeted` and, outside the loop, the same loss's input gradient."""
 
-    def __init__(self, spec, seed=0):
+    def __init__(self, spec, seed=0, **gains):
         self.spec = spec
         size = spec.arch.input_size
         self.graph = tf.Graph()
@@ -216,7 +216,7 @@ class AttackGraph:
                                                        EPSILON, self.step_size, self.steps)
             self.variables = tf.global_variables()
             self.session = tf.Session()
-        arrays = synthetic_checkpoint(spec, seed=seed)
+        arrays = synthetic_checkpoint(spec, seed=seed, **gains)
         checkpoints.restore(self.session, checkpoints.Checkpoint(None, "", arrays), spec)
         self.graph.finalize()
 
@@ -336,3 +336,28 @@ def test_pgd_reaches_the_target_on_a_random_tiny_network(attack_graph, batch):
                                                          attack_graph.target: targets})
     assert np.all(after < before)
     assert np.abs(adversarial - clean).max() <= EPSILON_MODEL + TOLERANCE
+
+
+@pytest.mark.slow
+def test_full_depth_synthetic_resnext_denoise_all_stays_finite_under_large_pgd_steps():
+    """33 dot-product non-local blocks iterate a cubic map: with too large a γ on their branches one
+    α = 8 PGD step overflowed the synthetic X101 to NaN (the full-size evaluate test then excluded its
+    adversarial metrics). The real depth and widths at 64×64 input, attacked with steps of α = ε = 16."""
+    import dataclasses
+    from repro import zoo
+    full = zoo.get_model("ResNeXtDenoiseAll")
+    spec = dataclasses.replace(full, arch=dataclasses.replace(full.arch, input_size=64))
+    graph = AttackGraph(spec)
+    try:
+        clean = to_model_space(_extreme_images(count=2, size=64, seed=7))
+        draws = attacks.perturbation_draws(0, range(2), clean.shape[1:], num_classes=1000)
+        targets = attacks.random_targets([0, 1], draws["target_offset"], 1000)
+        start = clean + draws["start"] * EPSILON_MODEL
+        for steps, step_size in [(2, 8.0), (3, 16.0)]:
+            adversarial = graph.run(clean, start, targets, steps=steps, step_size=step_size)
+            assert np.isfinite(adversarial).all()
+            logits = graph.session.run(graph.logits, {graph.start: adversarial})
+            assert np.isfinite(logits).all() and np.abs(logits).max() < 100
+            assert np.isfinite(graph.gradient_at(adversarial, targets)).all()
+    finally:
+        graph.session.close()

@@ -130,6 +130,8 @@ def test_short_run_writes_a_strict_checkpoint_and_a_complete_model_card(train_mi
     for key in ("base_learning_rate", "peak_learning_rate", "warmup_fraction", "schedule", "minutes"):
         assert key in training
     assert card["run"]["steps"] == 2 and card["run"]["stopped_by"] == "steps"
+    assert card["run"]["residual_bn_gamma_init"] == [0.0]       # branches start as the identity (blocks.py)
+    assert set(card["source"]) >= {"commit", "uncommitted_changes"}
     assert card["run"]["wall_time_seconds"] > 0
     for package in ("python", "tensorflow", "tensorpack", "numpy", "opencv", "scikit-image"):
         assert card["versions"][package]
@@ -167,7 +169,7 @@ def test_committed_checkpoint_reproduces_its_model_cards_clean_accuracy(name):
     images, labels = minidata.load_split("test")
     images, labels = images[:evaluation["n"]], labels[:evaluation["n"]]
     # Restored strictly (repro.checkpoints.restore with the spec); the clean forward pass is the
-    # Classifier's ops, in a session without grappler's slow conv+BatchNorm fusion.
+    # Classifier's ops and session options.
     evaluator = RobustnessEvaluator(spec, checkpoint)
     try:
         result = evaluator.evaluate(images, labels, iterations=0, batch=evaluation["batch"])
