@@ -26,10 +26,18 @@ def session_config():
     oneDNN NCHW path this CPU build needs, made the forward pass much slower: ResNet-50 on 6 images took
     30.5 s with it and 2.4 s without, logits equal to 6e-7 (measured side by side in one process on a
     loaded 2-core machine, 2026-11-26). It changes no result beyond float round-off, so it is off.
+
+    ``$REPRO_THREADS``, when set, fixes the intra- and inter-op thread pools (``evaluate.py --workers``
+    gives each of its processes its share of the cores).
     """
+    import os
+
     from tensorflow.core.protobuf import rewriter_config_pb2
     config = tf.ConfigProto(allow_soft_placement=True)
     config.graph_options.rewrite_options.remapping = rewriter_config_pb2.RewriterConfig.OFF
+    threads = os.environ.get("REPRO_THREADS")
+    if threads:
+        config.intra_op_parallelism_threads = config.inter_op_parallelism_threads = int(threads)
     return config
 
 

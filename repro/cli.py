@@ -11,6 +11,10 @@ class UsageError(ValueError):
     """Bad input from the command line; shown as one line, exit status 2."""
 
 
+class RunFailed(RuntimeError):
+    """A run failed for a reason its message states in full (e.g. a worker process); exit status 1."""
+
+
 def setup_logging(verbose=False):
     logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
@@ -54,7 +58,7 @@ def run_main(main, argv=None):
     except (UsageError, UnknownModelError, RunConfigMismatch) as error:
         print("error: {}".format(error), file=sys.stderr)
         return 2
-    except (CheckpointError, UnreadableImageError, FileNotFoundError, ValueError) as error:
+    except (CheckpointError, UnreadableImageError, FileNotFoundError, ValueError, RunFailed) as error:
         if os.environ.get("REPRO_DEBUG"):
             raise
         print("error: {}".format(error), file=sys.stderr)

@@ -108,6 +108,11 @@ def parse_args(argv=None):
                              "adversarial and random SSIM differ most, for a few blocks across depth")
     parser.add_argument("--shard", type=shard, help="I/K: compute only batches I, I+K, I+2K, … (other machines "
                                                     "do the rest into the same --out; tables merge them all)")
+    parser.add_argument("--workers", type=int, default=1, metavar="N",
+                        help="run the study as N local processes (shards I/N of the batches, each with "
+                             "cores/N threads), then merge; on CPUs the attack's small ops scale poorly over "
+                             "threads, so 2 processes on 2 cores finish sooner than 1 process")
+    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)   # a child of --workers
     parser.add_argument("--aggregate-only", action="store_true",
                         help="only (re)build the tables and figures from the batches already in --out")
     parser.add_argument("--no-check", action="store_true",
@@ -115,11 +120,13 @@ def parse_args(argv=None):
                              "below the published one")
     parser.add_argument("--attack-chunk", type=int, default=10, help="PGD steps per session run (progress)")
     args = parser.parse_args(argv)
-    for name in ("images", "batch", "attack_chunk"):
+    for name in ("images", "batch", "attack_chunk", "workers"):
         if getattr(args, name) < 1:
             parser.error("--{} must be at least 1".format(name.replace("_", "-")))
     if args.attack_iter < 0 or args.attack_epsilon < 0:
         parser.error("--attack-iter and --attack-epsilon must not be negative")
+    if args.workers > 1 and args.shard and not args.worker:
+        parser.error("--workers splits the run into shards itself: do not combine it with --shard")
     if args.load and len(args.load) != len(args.model):
         parser.error("--load takes one checkpoint per --model ({} given for {} models)".format(
             len(args.load), len(args.model)))
@@ -157,8 +164,9 @@ def run_model(spec, checkpoint_path, args, config, work, paths, labels, loader, 
              spec.name, done, len(batches), len(pending), config.attack_iterations, config.step_size, config.epsilon)
     images_bar = tqdm(total=sum(last - first + 1 for first, last in batches), initial=sum(
         last - first + 1 for first, last in batches if work.is_done(spec.name, first, last)),
-        unit="img", desc=spec.name, position=0)
-    steps_bar = tqdm(total=config.attack_iterations, unit="step", desc="  PGD", position=1, leave=False)
+        unit="img", desc=spec.name, position=0, disable=args.worker)
+    steps_bar = tqdm(total=config.attack_iterations, unit="step", desc="  PGD", position=1, leave=False,
+                     disable=args.worker)
     try:
         for first, last in pending:
             ids = list(range(first, last + 1))
@@ -261,11 +269,81 @@ def save_adversarial(directory, result, paths):
             "target": int(result.targets[position]), "space": "NCHW, x*2/255-1 of BGR pixels"}))
 
 
+def run_workers(argv, args, specs, checkpoint_paths, work, paths):
+    """``--workers N``: the same command as N child processes on shards I/N, each with its share of the
+    cores, a combined progress bar read from the committed batches, and each child's log in
+    ``--out``/work/logs. Returns what the children measured (SHA-256s, clean checks, timings).
+
+    A failed child stops nothing already committed: its error is reported in one line with its log, and
+    re-running the command resumes. Children run ``repro/evaluate.py`` with ``--shard I/N --worker``.
+    """
+    import json
+    import os
+    import subprocess
+
+    from tqdm import tqdm
+
+    count = args.workers
+    threads = max(1, (os.cpu_count() or 1) // count)
+    environment = dict(os.environ, REPRO_THREADS=str(threads))
+    logs = work.root / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    script = str(Path(__file__).resolve())
+    children = []
+    log.info("running %d worker processes with %d thread(s) each; their logs: %s", count, threads, logs)
+    for index in range(count):
+        log_path = logs / "worker-{}-of-{}.log".format(index, count)
+        stream = open(log_path, "w")
+        command = [sys.executable, script, *argv, "--shard", "{}/{}".format(index, count), "--worker"]
+        children.append((subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=environment),
+                         stream, log_path))
+    bar = tqdm(total=len(paths) * len(specs), unit="img", desc="{} models, {} workers".format(len(specs), count))
+
+    def images_done():
+        done = 0
+        for spec in specs:
+            for path in work.finished_batches(spec.name):
+                first, last = (int(part) for part in path.stem.split("-")[1:3])
+                done += last - first + 1
+        return done
+    try:
+        while any(child.poll() is None for child, _, _ in children):
+            bar.update(images_done() - bar.n)
+            time.sleep(1.0)
+        bar.update(images_done() - bar.n)
+    except BaseException:
+        for child, _, _ in children:
+            child.terminate()
+        raise
+    finally:
+        bar.close()
+        for child, stream, _ in children:
+            child.wait()
+            stream.close()
+    for index, (child, _, log_path) in enumerate(children):
+        if child.returncode != 0:
+            lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
+            raise cli.RunFailed("worker {}/{} failed (exit {}): {} — full log: {}; finished batches are kept, "
+                               "re-run the same command to resume".format(
+                                   index, count, child.returncode, lines[-1] if lines else "no output", log_path))
+    reports = [json.loads(path.read_text())
+               for path in sorted((work.root / "workers").glob("shard-*-of-{}.json".format(count)))]
+    measured = {"hashes": {}, "checks": {}, "timings": {}}
+    for report in reports:
+        measured["hashes"].update(report["hashes"])
+        measured["checks"].update(report["checks"])
+        for key, seconds in report["timings"].items():
+            measured["timings"][key] = measured["timings"].get(key, 0.0) + seconds
+    return measured
+
+
 def main(argv=None):
+    import json
     from collections import defaultdict
 
     from repro import runner
 
+    argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     cli.setup_logging()
     started = time.time()
@@ -285,9 +363,20 @@ def main(argv=None):
             raise cli.UsageError("--data is required: the ImageNet validation folder (val/<wnid>/*.JPEG)")
         paths, labels, loader = runner.image_selection(specs[0], args.data, args.images, args.seed)
         log.info("studying %d images with %s", len(paths), ", ".join(s.name for s in specs))
-        for spec, path in zip(specs, checkpoint_paths):
-            hashes[spec.name], checks[spec.name] = run_model(spec, path, args, config, work, paths, labels, loader,
-                                                             timings)
+        if args.workers > 1 and not args.worker:
+            measured = run_workers(argv, args, specs, checkpoint_paths, work, paths)
+            hashes, checks = measured["hashes"], measured["checks"]
+            timings.update(measured["timings"])
+        else:
+            for spec, path in zip(specs, checkpoint_paths):
+                hashes[spec.name], checks[spec.name] = run_model(spec, path, args, config, work, paths, labels,
+                                                                 loader, timings)
+    if args.worker:
+        # A child of --workers: report to the parent, which writes the tables once all shards are done.
+        shard_name = "shard-{}-of-{}".format(*args.shard)
+        runner.atomic_write_text(work.root / "workers" / (shard_name + ".json"), json.dumps(
+            {"hashes": hashes, "checks": checks, "timings": dict(timings)}, indent=1))
+        return 0
     began = time.perf_counter()
     blocks, images, summary = runner.write_tables(work, [s.name for s in specs], args.out)
     figures = runner.write_figures(blocks, [s.name for s in specs], args.out)
@@ -299,7 +388,7 @@ def main(argv=None):
                      "clean_check": checks.get(s.name)}
             for s, p in zip(specs, checkpoint_paths)},
         "images_selected": len(paths), "images_studied_total": studied, "data": args.data,
-        "shard": args.shard, "packages": runner.package_versions(), "git": runner.git_state(),
+        "shard": args.shard, "workers": args.workers, "packages": runner.package_versions(), "git": runner.git_state(),
         "machine": runner.machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "wall_seconds": round(time.time() - started, 2), "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
         "figures": [str(f) for f in figures]})

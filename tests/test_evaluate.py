@@ -6,7 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from repro import cli, evaluate, metrics, zoo
+from repro import checkpoints, cli, evaluate, metrics, zoo
 from repro.classes import load_class_index
 from repro.synthetic import write_synthetic_checkpoint
 from tests.conftest import tiny_spec, write_images
@@ -189,3 +189,27 @@ def test_full_size_two_model_run_with_synthetic_checkpoints(tmp_path, synthetic_
     for name in ["fig5_1_ResNet.png", "fig5_1_ResNeXtDenoiseAll.png", "fig5_2.png", "fig5_2.pdf",
                  "feature_maps_ResNet.png", "images.csv", "summary.csv", "manifest.json"]:
         assert (out / name).exists(), name
+
+
+def test_workers_split_the_run_into_processes_and_merge_to_the_same_tables(tmp_path, capsys):
+    """--workers 2 (child processes on shards 0/2 and 1/2, a thread each) gives the tables of one process."""
+    common = ["--zoo", "mini", "--model", "ResNet", "--images", "4", "--batch", "2", "--attack-iter", "2"]
+    assert cli.run_main(evaluate.main, common + ["--out", str(tmp_path / "one")]) == 0
+    assert cli.run_main(evaluate.main, common + ["--out", str(tmp_path / "two"), "--workers", "2"]) == 0
+    one, two = tables(tmp_path / "one"), tables(tmp_path / "two")
+    pd.testing.assert_frame_equal(one["blocks.csv"], two["blocks.csv"], check_exact=False, rtol=1e-12)
+    pd.testing.assert_frame_equal(one["images.csv"], two["images.csv"])
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    assert manifest["workers"] == 2 and manifest["models"]["ResNet"]["sha256"] == checkpoints.sha256_of(
+        cli.checkpoint_path(zoo.get_model("ResNet", "mini")))
+    assert manifest["models"]["ResNet"]["clean_check"]["images"] == 4
+    assert sorted(p.name for p in (tmp_path / "two" / "work" / "logs").iterdir()) == [
+        "worker-0-of-2.log", "worker-1-of-2.log"]
+
+    # A failing worker (here: a checkpoint of another architecture) is one line naming it and its log.
+    wrong = str(cli.checkpoint_path(zoo.get_model("ResNetDenoise", "mini")))
+    capsys.readouterr()
+    status = cli.run_main(evaluate.main, common + ["--out", str(tmp_path / "bad"), "--workers", "2", "--load", wrong])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert status == 1 and len(errors) == 1, errors
+    assert "worker 0/2 failed" in errors[0] and "ResNetDenoise" in errors[0] and "worker-0-of-2.log" in errors[0]
