@@ -356,6 +356,9 @@ def parse_args(argv=None):
                         help="comma-separated PGD iteration counts to evaluate (default %(default)s)")
     parser.add_argument("--eval-batch", type=int, default=100, help="evaluation batch size (default %(default)s)")
     parser.add_argument("--eval-seed", type=int, default=0, help="seed of the evaluation attack's draws")
+    parser.add_argument("--evaluate-only", action="store_true",
+                        help="do not train: re-measure the existing checkpoint in --out and replace its model "
+                             "card's evaluation (e.g. on all test images after a first card on a subset)")
     args = parser.parse_args(argv)
     if args.steps < 1 or args.batch < 1:
         parser.error("--steps and --batch must be at least 1")
@@ -381,6 +384,9 @@ def main(argv=None):
     config = TrainConfig(steps=args.steps, batch=args.batch, seed=args.seed, minutes=args.minutes,
                          base_learning_rate=args.lr, attack_steps=args.attack_steps)
     out = pathlib.Path(args.out)
+    card_path = out / (pathlib.Path(spec.checkpoint).stem + ".json")
+    if args.evaluate_only:
+        return reevaluate(spec, out / spec.checkpoint, card_path, args)
     source = source_revision()          # before training: the code as it was when the run started
     arrays, run = train(spec, config, minidata.TrainStream(args.seed))
     log.info("%s: %d steps in %.0f s (%s)", spec.name, run["steps"], run["wall_time_seconds"], run["stopped_by"])
@@ -388,13 +394,39 @@ def main(argv=None):
     evaluation = evaluate(spec, checkpoint_path, args.eval_attacks, args.eval_limit, 16.0,
                           args.eval_seed, args.eval_batch)
     card = model_card(spec, config, run, arrays, checkpoint_path, evaluation, source)
-    card_path = out / (pathlib.Path(spec.checkpoint).stem + ".json")
-    temporary = card_path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(temporary, card_path)
+    write_card(card, card_path)
     log.info("wrote %s and %s", checkpoint_path, card_path)
     return 0
 
 
+def write_card(card, card_path):
+    temporary = card_path.with_suffix(".json.tmp")
+    temporary.write_text(json.dumps(card, indent=2) + "\n")
+    os.replace(temporary, card_path)
+
+
+def reevaluate(spec, checkpoint_path, card_path, args):
+    """``--evaluate-only``: a new evaluation of an existing checkpoint in its card (the training record is
+    kept; the replaced evaluation's size is noted)."""
+    from repro.checkpoints import sha256_of
+    from repro.cli import RunFailed
+    if not checkpoint_path.is_file() or not card_path.is_file():
+        raise RunFailed("--evaluate-only needs {} and its card {}: train it first".format(checkpoint_path, card_path))
+    card = json.loads(card_path.read_text())
+    if card.get("checkpoint", {}).get("sha256") not in (None, sha256_of(checkpoint_path)):
+        raise RunFailed("{} is not the checkpoint its card {} describes (SHA-256 differs)".format(
+            checkpoint_path, card_path))
+    evaluation = evaluate(spec, checkpoint_path, args.eval_attacks, args.eval_limit, 16.0, args.eval_seed,
+                          args.eval_batch)
+    evaluation["re_evaluated"] = {"replaces_evaluation_on_n": card.get("evaluation", {}).get("n"),
+                                  "source": source_revision(), "versions": package_versions(),
+                                  "finished": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")}
+    card["evaluation"] = evaluation
+    write_card(card, card_path)
+    log.info("re-evaluated %s on %d test images; wrote %s", spec.name, evaluation["n"], card_path)
+    return 0
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    from repro.cli import run_main
+    sys.exit(run_main(main))

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from scipy.stats import binomtest
 
-from repro import minidata, zoo
+from repro import cli, minidata, zoo
 from repro.classifier import Classifier, model_variables
 from repro.models import IMAGE_SCALE
 from repro.robustness import RobustnessEvaluator
@@ -151,6 +151,20 @@ def test_short_run_writes_a_strict_checkpoint_and_a_complete_model_card(train_mi
             assert 0 <= rate["count"] <= 10 and rate["n"] == 10
             np.testing.assert_allclose(rate["interval95_percent"], wilson_percent(rate["count"], 10), rtol=1e-9)
         assert record["top1_accuracy"]["count"] + record["top1_error"]["count"] == 10
+
+    # --evaluate-only re-measures the same checkpoint on more images; the training record stays.
+    assert train_mini.main(["--model", "ResNet", "--out", str(tmp_path), "--evaluate-only", "--eval-limit", "20",
+                            "--eval-attacks", "2", "--eval-batch", "10"]) == 0
+    again = json.loads(card_path.read_text())
+    assert {k: v for k, v in again.items() if k != "evaluation"} == {k: v for k, v in card.items() if k != "evaluation"}
+    assert again["evaluation"]["n"] == 20 and set(again["evaluation"]["results"]) == {"clean", "pgd2"}
+    assert again["evaluation"]["re_evaluated"]["replaces_evaluation_on_n"] == 10
+    assert again["evaluation"]["results"]["pgd2"]["step_size"] == 8.0
+    assert again["evaluation"]["results"]["pgd2"]["top1_accuracy"]["n"] == 20
+    first_ten = again["evaluation"]["results"]["clean"]["top1_accuracy"]["count"]
+    assert first_ten >= clean["count"]                      # the first 10 images are among the 20
+    (tmp_path / "ResNet.npz").write_bytes(b"not this checkpoint")
+    assert cli.run_main(train_mini.main, ["--model", "ResNet", "--out", str(tmp_path), "--evaluate-only"]) == 1
 
 
 # --- the committed miniature zoo -------------------------------------------------------------------------
