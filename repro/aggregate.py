@@ -19,14 +19,13 @@ one whose channels are all non-finite; such an image contributes no observation,
 """
 import json
 import math
-import os
-import tempfile
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 from scipy import stats as scipy_stats
+
+from repro.fileio import atomic_write
 
 Z_95 = 1.959963984540054  # standard normal quantile at 0.975
 STATE_FORMAT_VERSION = 1
@@ -270,20 +269,8 @@ class BlockStatistics:
         A run killed mid-write leaves either the old file or the new one, never a torn one. The file is
         written to exactly ``path`` (no suffix is appended).
         """
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        try:
-            with os.fdopen(handle, "wb") as stream:
-                np.savez(stream, **self.to_state())
-                stream.flush()
-                os.fsync(stream.fileno())
-            os.replace(temporary, path)
-        except BaseException:
-            if os.path.exists(temporary):
-                os.unlink(temporary)
-            raise
-        return path
+        state = self.to_state()
+        return atomic_write(path, lambda stream: np.savez(stream, **state), binary=True, sync=True)
 
     @classmethod
     def load(cls, path):

@@ -7,15 +7,15 @@ once, from the same bytes that are loaded, for the run manifest.
 import hashlib
 import io
 import logging
-import os
 import re
-import tempfile
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
+
+from repro.fileio import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -64,20 +64,8 @@ def read_checkpoint(path) -> Checkpoint:
 
 def save_checkpoint(arrays: Dict[str, np.ndarray], path) -> Path:
     """Write ``arrays`` as a tensorpack-style ``.npz`` (keys with ``:0``), atomically."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "wb") as stream:
-            np.savez(stream, **{variable_key(k) + ":0": np.asarray(v) for k, v in arrays.items()})
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)           # mkstemp's 0600 would make the file private
-        os.replace(temporary, path)
-    except BaseException:
-        os.unlink(temporary)
-        raise
-    return path
+    named = {variable_key(k) + ":0": np.asarray(v) for k, v in arrays.items()}
+    return atomic_write(path, lambda stream: np.savez(stream, **named), binary=True)
 
 
 def sha256_of(path) -> str:

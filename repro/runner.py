@@ -21,14 +21,13 @@ import os
 import platform
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
 from repro import aggregate, plots
+from repro.fileio import atomic_write_text  # noqa: F401  (also used by evaluate.py as runner.atomic_write_text)
 from repro.study import PERTURBATIONS
 
 log = logging.getLogger(__name__)
@@ -37,21 +36,6 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 
 class RunConfigMismatch(ValueError):
     pass
-
-
-def atomic_write_text(path, text):
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix="." + path.name, suffix=".tmp")
-    try:
-        with os.fdopen(handle, "w") as stream:
-            stream.write(text)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.unlink(temporary)
-        raise
-    return path
 
 
 def result_config(study_config, selection_rule, batch_size):

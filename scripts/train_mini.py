@@ -400,9 +400,8 @@ def main(argv=None):
 
 
 def write_card(card, card_path):
-    temporary = card_path.with_suffix(".json.tmp")
-    temporary.write_text(json.dumps(card, indent=2) + "\n")
-    os.replace(temporary, card_path)
+    from repro.fileio import atomic_write_text
+    atomic_write_text(card_path, json.dumps(card, indent=2) + "\n")
 
 
 def reevaluate(spec, checkpoint_path, card_path, args):
