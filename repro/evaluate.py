@@ -22,7 +22,8 @@ if __package__ in (None, ""):
 import numpy as np
 
 from repro import cli, metrics as metrics_module, zoo
-from repro.runner import RunConfigMismatch
+from repro.fileio import atomic_write_text
+from repro.runner import RunConfigMismatch  # noqa: F401  (re-exported for callers catching it)
 
 log = logging.getLogger("repro.evaluate")
 SELECTION_RULE = "select_images(seeded class round-robin)"
@@ -178,7 +179,10 @@ def run_model(spec, checkpoint_path, args, config, work, paths, labels, loader, 
             feature_blocks = visualize_blocks(graph.taps) if args.visualize and first == 0 else ()
             if image_ids:
                 steps_bar.reset()
-                result = graph.run_batch(images, labels[image_ids], image_ids, on_steps=steps_bar.update,
+                on_steps = steps_bar.update
+                if args.worker:
+                    on_steps = worker_progress(work, args.shard, len(image_ids), config.attack_iterations)
+                result = graph.run_batch(images, labels[image_ids], image_ids, on_steps=on_steps,
                                          feature_blocks=feature_blocks)
                 for key, seconds in result.timings.items():
                     timings[key] += seconds
@@ -188,6 +192,8 @@ def run_model(spec, checkpoint_path, args, config, work, paths, labels, loader, 
                     save_feature_panels(Path(args.out), spec.name, graph.taps, result, args.visualize)
             records = runner.batch_records(spec.name, result, paths, skipped)
             info = {"images": len(image_ids), "skipped": len(skipped), "timings": result.timings if result else {}}
+            if args.worker:
+                worker_progress(work, args.shard, 0, 1)(0)           # the batch's images now count as committed
             work.commit_batch(spec.name, first, last, records, runner.batch_statistics(spec.name, first, last, result), info)
             images_bar.update(len(ids))
     finally:
@@ -269,6 +275,18 @@ def save_adversarial(directory, result, paths):
             "target": int(result.targets[position]), "space": "NCHW, x*2/255-1 of BGR pixels"}))
 
 
+def worker_progress(work, shard, images, steps):
+    """For a child of ``--workers``: a PGD-step callback that records how many images' worth of the
+    current batch's attack is done (``images`` × steps done / ``steps``) for the parent's progress bar."""
+    path = work.root / "workers" / "shard-{}-of-{}.progress".format(*shard)
+    done = [0]
+
+    def on_steps(count):
+        done[0] += count
+        atomic_write_text(path, "{:.3f}".format(images * done[0] / max(1, steps)))
+    return on_steps
+
+
 def run_workers(argv, args, specs, checkpoint_paths, work, paths):
     """``--workers N``: the same command as N child processes on shards I/N, each with its share of the
     cores, a combined progress bar read from the committed batches, and each child's log in
@@ -288,6 +306,8 @@ def run_workers(argv, args, specs, checkpoint_paths, work, paths):
     environment = dict(os.environ, REPRO_THREADS=str(threads))
     logs = work.root / "logs"
     logs.mkdir(parents=True, exist_ok=True)
+    for stale in (work.root / "workers").glob("*.progress"):
+        stale.unlink()
     script = str(Path(__file__).resolve())
     children = []
     log.info("running %d worker processes with %d thread(s) each; their logs: %s", count, threads, logs)
@@ -300,17 +320,27 @@ def run_workers(argv, args, specs, checkpoint_paths, work, paths):
     bar = tqdm(total=len(paths) * len(specs), unit="img", desc="{} models, {} workers".format(len(specs), count))
 
     def images_done():
-        done = 0
+        """Committed images plus the attacked fraction of each worker's current batch."""
+        done = 0.0
         for spec in specs:
             for path in work.finished_batches(spec.name):
                 first, last = (int(part) for part in path.stem.split("-")[1:3])
                 done += last - first + 1
-        return done
+        for path in (work.root / "workers").glob("shard-*-of-{}.progress".format(count)):
+            try:
+                done += float(path.read_text() or 0)
+            except (OSError, ValueError):
+                pass
+        return round(done, 1)
+
+    def refresh():
+        bar.n = max(bar.n, min(images_done(), bar.total))   # never backwards (a commit races a progress write)
+        bar.refresh()
     try:
         while any(child.poll() is None for child, _, _ in children):
-            bar.update(images_done() - bar.n)
+            refresh()
             time.sleep(1.0)
-        bar.update(images_done() - bar.n)
+        refresh()
     except BaseException:
         for child, _, _ in children:
             child.terminate()
