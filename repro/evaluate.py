@@ -23,7 +23,6 @@ import numpy as np
 
 from repro import cli, metrics as metrics_module, zoo
 from repro.fileio import atomic_write_text
-from repro.runner import RunConfigMismatch  # noqa: F401  (re-exported for callers catching it)
 
 log = logging.getLogger("repro.evaluate")
 SELECTION_RULE = "select_images(seeded class round-robin)"
@@ -181,7 +180,8 @@ def run_model(spec, checkpoint_path, args, config, work, paths, labels, loader, 
                 steps_bar.reset()
                 on_steps = steps_bar.update
                 if args.worker:
-                    on_steps = worker_progress(work, args.shard, len(image_ids), config.attack_iterations)
+                    on_steps = worker_progress(work.worker_file(args.shard, ".progress"), len(image_ids),
+                                               config.attack_iterations)
                 result = graph.run_batch(images, labels[image_ids], image_ids, on_steps=on_steps,
                                          feature_blocks=feature_blocks)
                 for key, seconds in result.timings.items():
@@ -192,8 +192,8 @@ def run_model(spec, checkpoint_path, args, config, work, paths, labels, loader, 
                     save_feature_panels(Path(args.out), spec.name, graph.taps, result, args.visualize)
             records = runner.batch_records(spec.name, result, paths, skipped)
             info = {"images": len(image_ids), "skipped": len(skipped), "timings": result.timings if result else {}}
-            if args.worker:
-                worker_progress(work, args.shard, 0, 1)(0)           # the batch's images now count as committed
+            if args.worker:       # from now on the batch's images count as committed, not in progress
+                atomic_write_text(work.worker_file(args.shard, ".progress"), "0")
             work.commit_batch(spec.name, first, last, records, runner.batch_statistics(spec.name, first, last, result), info)
             images_bar.update(len(ids))
     finally:
@@ -275,10 +275,9 @@ def save_adversarial(directory, result, paths):
             "target": int(result.targets[position]), "space": "NCHW, x*2/255-1 of BGR pixels"}))
 
 
-def worker_progress(work, shard, images, steps):
-    """For a child of ``--workers``: a PGD-step callback that records how many images' worth of the
-    current batch's attack is done (``images`` × steps done / ``steps``) for the parent's progress bar."""
-    path = work.root / "workers" / "shard-{}-of-{}.progress".format(*shard)
+def worker_progress(path, images, steps):
+    """For a child of ``--workers``: a PGD-step callback that writes to ``path`` how many images' worth
+    of the current batch's attack is done (``images`` × steps done / ``steps``) for the parent's bar."""
     done = [0]
 
     def on_steps(count):
@@ -319,16 +318,14 @@ def run_workers(argv, args, specs, checkpoint_paths, work, paths):
                          stream, log_path))
     bar = tqdm(total=len(paths) * len(specs), unit="img", desc="{} models, {} workers".format(len(specs), count))
 
+    shards = [(index, count) for index in range(count)]
+
     def images_done():
         """Committed images plus the attacked fraction of each worker's current batch."""
-        done = 0.0
-        for spec in specs:
-            for path in work.finished_batches(spec.name):
-                first, last = (int(part) for part in path.stem.split("-")[1:3])
-                done += last - first + 1
-        for path in (work.root / "workers").glob("shard-*-of-{}.progress".format(count)):
+        done = float(sum(work.finished_images(spec.name) for spec in specs))
+        for shard in shards:
             try:
-                done += float(path.read_text() or 0)
+                done += float(work.worker_file(shard, ".progress").read_text() or 0)
             except (OSError, ValueError):
                 pass
         return round(done, 1)
@@ -356,8 +353,7 @@ def run_workers(argv, args, specs, checkpoint_paths, work, paths):
             raise cli.RunFailed("worker {}/{} failed (exit {}): {} — full log: {}; finished batches are kept, "
                                "re-run the same command to resume".format(
                                    index, count, child.returncode, lines[-1] if lines else "no output", log_path))
-    reports = [json.loads(path.read_text())
-               for path in sorted((work.root / "workers").glob("shard-*-of-{}.json".format(count)))]
+    reports = [json.loads(work.worker_file(shard, ".json").read_text()) for shard in shards]
     measured = {"hashes": {}, "checks": {}, "timings": {}}
     for report in reports:
         measured["hashes"].update(report["hashes"])
@@ -403,8 +399,7 @@ def main(argv=None):
                                                                  loader, timings)
     if args.worker:
         # A child of --workers: report to the parent, which writes the tables once all shards are done.
-        shard_name = "shard-{}-of-{}".format(*args.shard)
-        runner.atomic_write_text(work.root / "workers" / (shard_name + ".json"), json.dumps(
+        atomic_write_text(work.worker_file(args.shard, ".json"), json.dumps(
             {"hashes": hashes, "checks": checks, "timings": dict(timings)}, indent=1))
         return 0
     began = time.perf_counter()

@@ -27,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from repro import aggregate, plots
-from repro.fileio import atomic_write_text  # noqa: F401  (also used by evaluate.py as runner.atomic_write_text)
+from repro.fileio import atomic_write_text
 from repro.study import PERTURBATIONS
 
 log = logging.getLogger(__name__)
@@ -87,6 +87,16 @@ class WorkDirectory:
 
     def finished_batches(self, model):
         return sorted(self.model_dir(model).glob("batch-*.npz"))
+
+    def finished_images(self, model):
+        """How many image slots the finished batches of ``model`` cover (from their names)."""
+        bounds = (path.stem.split("-")[1:3] for path in self.finished_batches(model))
+        return sum(int(last) - int(first) + 1 for first, last in bounds)
+
+    def worker_file(self, shard, suffix):
+        """A ``--workers`` child's file for shard (I, K): ``.json`` its report, ``.progress`` its
+        current batch's attacked fraction."""
+        return self.root / "workers" / "shard-{}-of-{}{}".format(shard[0], shard[1], suffix)
 
     def save_block_table(self, model, table):
         atomic_write_text(self.model_dir(model) / "blocks.json", json.dumps(table, indent=1))
@@ -170,15 +180,18 @@ def package_versions():
     return versions
 
 
-def git_state():
+def git_state(paths=()):
+    """The repository's commit and whether tracked files differ from it; with ``paths``, only those
+    files and folders count, and the changed ones are listed (``uncommitted_changes``)."""
     try:
         commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
                                 timeout=10).stdout.strip() or None
-        dirty = bool(subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=REPO_ROOT,
-                                    capture_output=True, text=True, timeout=10).stdout.strip())
-        return {"commit": commit, "dirty": dirty}
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *paths],
+                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout
     except (OSError, subprocess.SubprocessError):
-        return {"commit": None, "dirty": None}
+        return {"commit": None, "dirty": None, **({"uncommitted_changes": None} if paths else {})}
+    changed = [line[3:] for line in status.splitlines() if line.strip()]
+    return {"commit": commit, "dirty": bool(changed), **({"uncommitted_changes": changed} if paths else {})}
 
 
 def write_tables(work, models, out):

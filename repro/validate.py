@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 
 from repro import cli, zoo
+from repro.fileio import atomic_write_text
 
 log = logging.getLogger("repro.validate")
 ORDER_SEED = 0
@@ -75,7 +76,6 @@ class Progress:
             columns=["image", "path", "label", "top1", "top5_hit", "target"])
 
     def commit(self, first, frame):
-        from repro.runner import atomic_write_text
         atomic_write_text(self.directory / "batch-{:07d}.csv".format(first), frame.to_csv(index=False))
 
 
@@ -178,8 +178,8 @@ def main(argv=None):
     table = pd.DataFrame(rows)
     out = Path(args.out)
     stem = "validate-{}-k{}".format(args.zoo, args.attack_iter)
-    runner.atomic_write_text(out / (stem + ".csv"), table.to_csv(index=False))
-    runner.atomic_write_text(out / (stem + ".json"), json.dumps({
+    atomic_write_text(out / (stem + ".csv"), table.to_csv(index=False))
+    atomic_write_text(out / (stem + ".json"), json.dumps({
         "command": " ".join(sys.argv), "zoo": args.zoo, "attack_iter": args.attack_iter, "images": len(paths),
         "order": "mini test split" if args.zoo == "mini" else "select_images(seed={})".format(ORDER_SEED),
         "seed": args.seed, "rows": rows, "wall_seconds": round(time.time() - began, 1),

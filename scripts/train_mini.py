@@ -188,15 +188,8 @@ def residual_gamma_at_start(session, built):
 
 def source_revision():
     """The git commit of the code that trained the model and which of its files differed from it."""
-    import subprocess
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
-                                check=True).stdout.strip()
-        changed = subprocess.run(["git", "status", "--porcelain", "--", "repro", "scripts/train_mini.py"],
-                                 cwd=REPO_ROOT, capture_output=True, text=True, check=True).stdout.split("\n")
-    except (OSError, subprocess.CalledProcessError):
-        return {"commit": None, "uncommitted_changes": None}
-    return {"commit": commit, "uncommitted_changes": [line[3:] for line in changed if line.strip()]}
+    from repro.runner import git_state
+    return git_state(paths=("repro", "scripts/train_mini.py"))
 
 
 def train(spec, config, stream):
