@@ -2,49 +2,11 @@
 
 Model-agnostic: the attack takes any ``model_fn(image) → logits``. The randomness (targets, PGD's
 random start, the random perturbation) is drawn per image from the run's seed and the image's index
-(`perturbation_draws`), so an image gets the same target and noise whatever batch or shard it is in —
-which is what lets a killed or sharded run resume without changing any result.
+(`repro.protocol.perturbation_draws`), so an image gets the same target and noise whatever batch or shard
+it is in — which is what lets a killed or sharded run resume without changing any result.
 """
-import numpy as np
-
 from repro.models import IMAGE_SCALE
 from repro.tfcompat import tf
-
-
-def step_size_rule(epsilon, iterations, step_size=1.0):
-    """α = max(step_size, ε / iterations) in pixel units: Feature Denoising, Sec. 6.1 — "We set its step
-    size α = 1, except for 10-iteration attacks where α is set to ε/10 = 1.6"."""
-    return max(step_size, epsilon / iterations) if iterations > 0 else step_size
-
-
-def random_targets(labels, offsets, num_classes=1000):
-    """Target = (label + offset) mod classes, offset uniform in {1, …, classes − 1}: a uniformly random
-    class other than the label (Feature Denoising, Sec. 6: "the targeted class is selected uniformly at
-    random")."""
-    return (np.asarray(labels, np.int64) + np.asarray(offsets, np.int64)) % num_classes
-
-
-def perturbation_draws(seed, image_ids, image_shape, num_classes=1000, noise="uniform"):
-    """Per-image random draws, keyed by (seed, image id) and independent of batching.
-
-    Returns dict with ``target_offset`` (N,), ``start`` (N, C, H, W) in U(-1, 1) for PGD's random start,
-    and ``random`` (N, C, H, W) for the random perturbation: U(-1, 1) (``noise='uniform'``) or ±1
-    (``noise='sign'``). Both noise arrays are multiplied by ε later.
-    """
-    offsets, starts, randoms = [], [], []
-    for image_id in image_ids:
-        rng = np.random.default_rng([seed, int(image_id)])
-        offsets.append(rng.integers(1, num_classes))
-        starts.append(rng.uniform(-1.0, 1.0, image_shape))
-        if noise == "uniform":
-            randoms.append(rng.uniform(-1.0, 1.0, image_shape))
-        elif noise == "sign":
-            randoms.append(rng.choice(np.array([-1.0, 1.0]), size=image_shape))
-        else:
-            raise ValueError("unknown noise {!r}: choose uniform or sign".format(noise))
-    return {"target_offset": np.array(offsets, np.int64),
-            "start": np.array(starts, np.float32).reshape((-1,) + tuple(image_shape)),
-            "random": np.array(randoms, np.float32).reshape((-1,) + tuple(image_shape))}
 
 
 def epsilon_ball(image, epsilon_pixels):

@@ -76,6 +76,36 @@ def sha256_of(path) -> str:
     return digest.hexdigest()
 
 
+def check_values(checkpoint: Checkpoint, names: Optional[Sequence[str]] = None) -> None:
+    """Refuse a checkpoint whose weights cannot be right: a non-finite value (NaN, ±inf) in any variable,
+    or a negative BatchNorm variance (``…/variance/EMA``). ``names``: the variables to check (default all).
+    Such a network gives NaN feature maps, which the study would otherwise exclude as degenerate."""
+    for name in (checkpoint.arrays if names is None else names):
+        array = checkpoint.arrays[name]
+        if not np.issubdtype(array.dtype, np.number):
+            raise CheckpointError("{}: variable {} holds {} values, not numbers: the file is damaged or not a "
+                                  "checkpoint".format(checkpoint.path, name, array.dtype))
+        if not np.issubdtype(array.dtype, np.floating):
+            continue
+        bad = array.size - int(np.isfinite(array).sum())
+        if bad:
+            raise CheckpointError("{}: variable {} holds {} non-finite value(s) (NaN or inf): the checkpoint is "
+                                  "damaged; download or export it again".format(checkpoint.path, name, bad))
+        if name.endswith("/variance/EMA") and (array < 0).any():
+            raise CheckpointError("{}: variable {} holds {} negative value(s), impossible for a BatchNorm "
+                                  "variance: the checkpoint is damaged; download or export it again".format(
+                                      checkpoint.path, name, int((array < 0).sum())))
+
+
+def load_for(spec, path) -> Checkpoint:
+    """Read ``path`` and check it for ``spec`` before any graph is built: the architecture (names and
+    shapes) and the values (`check_values`). Engine-neutral; every engine still restores strictly."""
+    checkpoint = read_checkpoint(path)
+    check_architecture(checkpoint, spec)
+    check_values(checkpoint)
+    return checkpoint
+
+
 # --- recognising the architecture a checkpoint belongs to -------------------------------------------
 
 _BLOCK = re.compile(r"^group(\d+)/block(\d+)/")
@@ -186,6 +216,7 @@ def restore(session, checkpoint: Checkpoint, spec=None, variables: Optional[Sequ
         raise CheckpointError("{}: {}{}".format(
             checkpoint.path, "; ".join(mismatched[:3]), " …" if len(mismatched) > 3 else ""))
     wanted = {variable_key(v.name) for v in variables}
+    check_values(checkpoint, sorted(wanted))
     extra = sorted(set(checkpoint.arrays) - wanted)
     if extra:
         log.warning("%s has %d key(s) the model does not use: %s%s", checkpoint.path, len(extra),

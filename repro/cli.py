@@ -1,5 +1,9 @@
-"""Shared pieces of the command-line entry points: logging, one-line errors, checkpoint lookup."""
+"""Shared pieces of the command-line entry points: logging, one-line errors, checkpoint lookup, option
+types and output checks. Imports no engine, so that ``--help`` and bad arguments answer at once."""
+import argparse
+import errno
 import logging
+import math
 import os
 import sys
 from pathlib import Path
@@ -13,6 +17,58 @@ class UsageError(ValueError):
 
 class RunFailed(RuntimeError):
     """A run failed for a reason its message states in full (e.g. a worker process); exit status 1."""
+
+
+def finite_float(text):
+    """An argparse type: a finite number (``nan`` and ``inf`` parse as floats but mean nothing here)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("{!r} is not a number".format(text)) from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError("{!r} is not a finite number".format(text))
+    return value
+
+
+def check_writable_folder(path, option="--out"):
+    """Raise UsageError unless ``path`` is, or can be created as, a folder this process may write in.
+    Creates nothing: a run whose inputs turn out to be bad leaves no trace."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise UsageError("{} {} is a file, not a folder: choose another {}".format(option, path, option))
+    existing = path
+    while not existing.exists():
+        if existing.is_symlink():
+            raise UsageError("{} {}: {} is a broken symbolic link".format(option, path, existing))
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError("{} {} cannot be created: {} is a file".format(option, path, existing))
+    if not os.access(existing, os.W_OK | os.X_OK):
+        raise UsageError("{} {} is not writable ({} does not allow this user to write): choose another {}".format(
+            option, path, existing, option))
+
+
+def check_writable_file(path, option):
+    """Raise UsageError unless a file can be written at ``path`` (its folder exists or can be made)."""
+    path = Path(path)
+    if path.is_dir():
+        raise UsageError("{} {} is a folder: give a file name".format(option, path))
+    check_writable_folder(path.parent if str(path.parent) else Path("."), option)
+    if path.exists() and not os.access(path, os.W_OK):
+        raise UsageError("{} {} exists and is not writable".format(option, path))
+
+
+def os_error_message(error):
+    """One line for a file-system error: what failed, on which file, and what to do."""
+    where = " ".join(str(name) for name in (error.filename, error.filename2) if name)
+    advice = {errno.ENOSPC: "free some space (or choose another output folder) and re-run the same command",
+              errno.EDQUOT: "free some space (or choose another output folder) and re-run the same command",
+              errno.EACCES: "check the permissions or choose another output folder",
+              errno.EPERM: "check the permissions or choose another output folder",
+              errno.EROFS: "choose an output folder on a writable file system"}.get(
+        error.errno, "check the path and re-run the same command")
+    return "{}{}: {}; results committed so far are kept".format(
+        error.strerror or error, " ({})".format(where) if where else "", advice)
 
 
 def setup_logging(verbose=False):
@@ -51,17 +107,22 @@ def run_main(main, argv=None):
     """Run ``main(argv)``; expected failures become one line on stderr and a non-zero exit status."""
     from repro.checkpoints import CheckpointError
     from repro.data import UnreadableImageError
-    from repro.runner import RunConfigMismatch
+    from repro.runner import DamagedBatch, RunConfigMismatch
     from repro.zoo import UnknownModelError
     try:
         return main(argv) or 0
     except (UsageError, UnknownModelError, RunConfigMismatch) as error:
         print("error: {}".format(error), file=sys.stderr)
         return 2
-    except (CheckpointError, UnreadableImageError, FileNotFoundError, ValueError, RunFailed) as error:
+    except (CheckpointError, UnreadableImageError, DamagedBatch, ValueError, RunFailed) as error:
         if os.environ.get("REPRO_DEBUG"):
             raise
         print("error: {}".format(error), file=sys.stderr)
+        return 1
+    except OSError as error:          # a full disk, a read-only folder, a file where a folder should be
+        if os.environ.get("REPRO_DEBUG"):
+            raise
+        print("error: {}".format(os_error_message(error) if error.errno else error), file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted: results committed so far are kept; re-run the same command to continue",

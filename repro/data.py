@@ -14,9 +14,11 @@ An image that cannot be read raises `UnreadableImageError`; `iterate_batches` re
 one bad file never stops a long run and never disappears without a trace.
 """
 import collections
+import errno
 import logging
 import os
 import re
+import stat
 from pathlib import Path
 
 import cv2
@@ -50,16 +52,28 @@ def read_image_bgr(path):
 
     Decoded by `cv2.imread(path, cv2.IMREAD_COLOR)` like the original pipeline (`get_val_dataflow`):
     grayscale and CMYK files become 3-channel BGR, 16-bit files are scaled to 8 bits, and the EXIF
-    orientation is applied. Raises `UnreadableImageError` for a missing file, a directory, an empty
+    orientation is applied. Raises `UnreadableImageError` for a missing file, a broken or looping
+    symbolic link, a directory, anything that is not a regular file (a named pipe would block), an empty
     file, a file OpenCV cannot decode, and a truncated JPEG — libjpeg decodes the latter with only a
     "Premature end of JPEG file" warning and fills the missing rows with gray, so it is checked here.
     """
     path = Path(path)
-    if not path.exists():
-        raise UnreadableImageError(path, "no such file", advice="check the path")
-    if path.is_dir():
+    try:
+        mode = path.stat().st_mode          # follows symbolic links
+    except OSError as error:
+        if error.errno == errno.ELOOP:
+            raise UnreadableImageError(path, "a loop of symbolic links", advice="fix or remove the link") from None
+        if error.errno == errno.ENOENT:
+            reason = "a broken symbolic link" if path.is_symlink() else "no such file"
+            raise UnreadableImageError(path, reason, advice="check the path") from None
+        raise UnreadableImageError(path, error.strerror or str(error), advice="check the path") from None
+    if stat.S_ISDIR(mode):
         raise UnreadableImageError(path, "is a directory, not an image file",
                                    advice="pass the directory to list_image_files instead")
+    if not stat.S_ISREG(mode):
+        # Reading a named pipe or a device would block or never end: only regular files are read.
+        kind = "a named pipe" if stat.S_ISFIFO(mode) else "a socket" if stat.S_ISSOCK(mode) else "a device"
+        raise UnreadableImageError(path, "not a regular file ({})".format(kind))
     try:
         encoded = path.read_bytes()
     except OSError as error:
@@ -171,8 +185,8 @@ def list_image_files(paths):
     Order: the inputs in the given order; a directory contributes every file below it (walked
     recursively, following symbolic links once) whose suffix is in `IMAGE_EXTENSIONS` (any case),
     sorted by path components, so the order does not depend on the filesystem's listing order.
-    A file named explicitly is kept whatever its suffix: the caller asked for it, and the reader
-    reports it if it is not an image. A file reached twice is listed once, at its first place.
+    A file named explicitly is kept whatever its suffix (or kind: a broken link, a named pipe): the caller
+    asked for it, and the reader reports it if it is not a readable image. A file reached twice is listed once, at its first place.
     A path that does not exist raises ValueError; a directory without images logs a warning.
     """
     if isinstance(paths, (str, os.PathLike)):
@@ -183,7 +197,7 @@ def list_image_files(paths):
             candidates = _walk_image_files(path)
             if not candidates:
                 logger.warning("no image files (%s) under %s", " ".join(sorted(IMAGE_EXTENSIONS)), path)
-        elif path.exists():
+        elif path.exists() or path.is_symlink():     # a broken or looping link: the reader says which
             candidates = [path]
         else:
             raise ValueError(f"{path} does not exist; pass image files or directories of images")

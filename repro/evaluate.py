@@ -11,6 +11,7 @@ manifest.json, Fig. 5.1 per model and Fig. 5.2 across models (PNG and PDF).
 Every batch is committed atomically to ``--out``/work; re-running the same command resumes.
 """
 import argparse
+import json
 import logging
 import sys
 import time
@@ -21,7 +22,7 @@ if __package__ in (None, ""):
 
 import numpy as np
 
-from repro import cli, metrics as metrics_module, zoo
+from repro import cli, protocol, zoo
 from repro.fileio import atomic_write_text
 
 log = logging.getLogger("repro.evaluate")
@@ -30,28 +31,25 @@ SELECTION_RULE = "select_images(seeded class round-robin)"
 
 def metric_list(text):
     if text in ("default", None):
-        return tuple(metrics_module.DEFAULT_METRICS)
+        return protocol.DEFAULT_METRICS
     if text == "paper":
-        return tuple(metrics_module.PAPER_METRICS)
+        return protocol.PAPER_METRICS
     if text == "all":
-        return tuple(metrics_module.DEFAULT_METRICS) + tuple(metrics_module.SLOW_METRICS)
+        return protocol.METRIC_NAMES
     names = tuple(name.strip() for name in text.split(",") if name.strip())
-    unknown = [name for name in names if name not in metrics_module.METRICS]
-    if unknown:
+    unknown = [name for name in names if name not in protocol.METRIC_NAMES]
+    if unknown or not names:
         raise argparse.ArgumentTypeError("unknown metric(s) {}: choose from {} (or default, paper, all)".format(
-            ", ".join(unknown), ", ".join(metrics_module.METRICS)))
+            ", ".join(unknown) or repr(text), ", ".join(protocol.METRIC_NAMES)))
     return names
 
 
 def data_range(text):
     if text == "reference":
         return text
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("--ssim-data-range takes a number or 'reference'") from None
+    value = cli.finite_float(text)
     if value <= 0:
-        raise argparse.ArgumentTypeError("--ssim-data-range must be positive")
+        raise argparse.ArgumentTypeError("must be positive, or 'reference'")
     return value
 
 
@@ -84,13 +82,13 @@ def parse_args(argv=None):
                              "over classes so they span many classes")
     parser.add_argument("--batch", type=int, default=4, help="images per batch (one commit per batch)")
     parser.add_argument("--attack-iter", type=int, default=100, help="PGD steps (the paper: 100)")
-    parser.add_argument("--attack-epsilon", type=float, default=16.0,
+    parser.add_argument("--attack-epsilon", type=cli.finite_float, default=16.0,
                         help="L∞ bound ε in pixels out of 255 (the paper: 16), for PGD and the random noise")
-    parser.add_argument("--attack-step-size", type=float, default=1.0,
+    parser.add_argument("--attack-step-size", type=cli.finite_float, default=1.0,
                         help="PGD step α in pixels; the rule α = max(step, ε/steps) of Xie et al. applies")
-    parser.add_argument("--noise", choices=("uniform", "sign"), default="uniform",
+    parser.add_argument("--noise", choices=protocol.NOISES, default="uniform",
                         help="random perturbation: each pixel U(-ε, ε), or ±ε")
-    parser.add_argument("--tap", choices=("block_output", "denoised"), default="block_output",
+    parser.add_argument("--tap", choices=protocol.TAPS, default="block_output",
                         help="which tensor is a block's output: the residual block's ReLU, or (denoising "
                              "models) the output of the denoising block that follows it")
     parser.add_argument("--metrics", type=metric_list, default="default",
@@ -123,8 +121,8 @@ def parse_args(argv=None):
     for name in ("images", "batch", "attack_chunk", "workers"):
         if getattr(args, name) < 1:
             parser.error("--{} must be at least 1".format(name.replace("_", "-")))
-    if args.attack_iter < 0 or args.attack_epsilon < 0:
-        parser.error("--attack-iter and --attack-epsilon must not be negative")
+    if args.attack_iter < 0 or args.attack_epsilon < 0 or args.attack_step_size < 0:
+        parser.error("--attack-iter, --attack-epsilon and --attack-step-size must not be negative")
     if args.workers > 1 and args.shard and not args.worker:
         parser.error("--workers splits the run into shards itself: do not combine it with --shard")
     if args.load and len(args.load) != len(args.model):
@@ -141,8 +139,8 @@ def study_config(args):
                        attack_chunk=args.attack_chunk)
 
 
-def run_model(spec, checkpoint_path, args, config, work, paths, labels, loader, timings):
-    """All pending batches of one model; returns its checkpoint SHA-256."""
+def run_model(spec, checkpoint_path, checkpoint_sha256, args, config, work, selection, timings):
+    """All pending batches of one model (of this shard); returns its clean-accuracy check."""
     from tqdm import tqdm
 
     from repro import runner
@@ -150,27 +148,32 @@ def run_model(spec, checkpoint_path, args, config, work, paths, labels, loader, 
     from repro.study import StudyGraph
     from repro.taps import block_table
 
-    batches = [(first, min(first + args.batch, len(paths)) - 1) for first in range(0, len(paths), args.batch)]
-    if args.shard:
-        batches = [b for number, b in enumerate(batches) if number % args.shard[1] == args.shard[0]]
-    pending = [b for b in batches if not work.is_done(spec.name, *b)]
+    paths, labels = selection.paths, selection.labels
+    batches = runner.batch_plan(len(selection), args.batch, args.shard)
+    identity = batch_identity(work, spec, checkpoint_sha256, selection)
+    done, pending = runner.resume_state(work, spec.name, batches, identity)
     began = time.perf_counter()
     graph = StudyGraph(spec, checkpoint_path, config)
     timings["graph_build_and_restore"] += time.perf_counter() - began
+    if graph.checkpoint.sha256 != checkpoint_sha256:
+        graph.close()
+        raise cli.RunFailed("{} changed on disk after the run started (SHA-256 {} → {}): nothing was computed "
+                            "from it; re-run the command".format(checkpoint_path, checkpoint_sha256[:12],
+                                                                 graph.checkpoint.sha256[:12]))
     work.save_block_table(spec.name, block_table(spec.name, graph.taps))
-    check = sanity_check(spec, graph, paths, labels, loader, args)
-    done = len(batches) - len(pending)
+    check = sanity_check(spec, graph, selection, args)
     log.info("%s: %d of %d batches already done, %d to run (%d PGD steps, α = %.2f px, ε = %g px)",
-             spec.name, done, len(batches), len(pending), config.attack_iterations, config.step_size, config.epsilon)
-    images_bar = tqdm(total=sum(last - first + 1 for first, last in batches), initial=sum(
-        last - first + 1 for first, last in batches if work.is_done(spec.name, first, last)),
-        unit="img", desc=spec.name, position=0, disable=args.worker)
+             spec.name, len(done), len(batches), len(pending), config.attack_iterations, config.step_size,
+             config.epsilon)
+    images_bar = tqdm(total=sum(last - first + 1 for first, last in batches),
+                      initial=sum(last - first + 1 for first, last in done), unit="img", desc=spec.name,
+                      position=0, disable=args.worker)
     steps_bar = tqdm(total=config.attack_iterations, unit="step", desc="  PGD", position=1, leave=False,
                      disable=args.worker)
     try:
         for first, last in pending:
             ids = list(range(first, last + 1))
-            loaded = list(iterate_batches([paths[i] for i in ids], len(ids), loader))
+            loaded = list(iterate_batches([paths[i] for i in ids], len(ids), selection.loader))
             indices, images, skipped = loaded[0] if loaded else ([], None, [])
             skipped = [(ids[i], path, error.reason) for i, path, error in skipped]
             image_ids = [ids[i] for i in indices]
@@ -184,6 +187,12 @@ def run_model(spec, checkpoint_path, args, config, work, paths, labels, loader, 
                                                config.attack_iterations)
                 result = graph.run_batch(images, labels[image_ids], image_ids, on_steps=on_steps,
                                          feature_blocks=feature_blocks)
+                broken = [image_id for image_id, finite in zip(image_ids, result.clean_finite) if not finite]
+                if broken:
+                    raise cli.RunFailed(
+                        "{}: the clean forward pass gives non-finite logits or feature maps for image(s) {} "
+                        "(e.g. {}): the checkpoint or the input is broken; batch {} was not committed".format(
+                            spec.name, broken[:5], paths[broken[0]], work.batch_stem(first, last)))
                 for key, seconds in result.timings.items():
                     timings[key] += seconds
                 if args.save_adv:
@@ -191,16 +200,27 @@ def run_model(spec, checkpoint_path, args, config, work, paths, labels, loader, 
                 if feature_blocks:
                     save_feature_panels(Path(args.out), spec.name, graph.taps, result, args.visualize)
             records = runner.batch_records(spec.name, result, paths, skipped)
-            info = {"images": len(image_ids), "skipped": len(skipped), "timings": result.timings if result else {}}
+            info = {"images": len(image_ids), "skipped": len(skipped), "timings": result.timings if result else {},
+                    "checkpoint": str(checkpoint_path), "shard": args.shard}
             if args.worker:       # from now on the batch's images count as committed, not in progress
                 atomic_write_text(work.worker_file(args.shard, ".progress"), "0")
-            work.commit_batch(spec.name, first, last, records, runner.batch_statistics(spec.name, first, last, result), info)
+            work.commit_batch(spec.name, first, last, records, runner.batch_statistics(spec.name, first, last, result),
+                              info, identity(first, last))
             images_bar.update(len(ids))
     finally:
         steps_bar.close()
         images_bar.close()
         graph.close()
-    return graph.checkpoint.sha256, check
+    return check
+
+
+def batch_identity(work, spec, checkpoint_sha256, selection):
+    """``(first, last) →`` the identity a batch of this run carries: the run's settings, the model and its
+    checkpoint (None: not known to this run, e.g. ``--aggregate-only``), the batch's images (None: idem)."""
+    from repro import runner
+    model = runner.model_identity(spec, checkpoint_sha256)
+    return lambda first, last: {"settings": work.config, "model": model,
+                                "images": selection.identity(first, last) if selection else None}
 
 
 def published_clean_accuracy(spec):
@@ -209,20 +229,28 @@ def published_clean_accuracy(spec):
     return 100.0 - published[0].top1_error if 0 in published else None
 
 
-def sanity_check(spec, graph, paths, labels, loader, args):
+def sanity_check(spec, graph, selection, args):
     """Clean accuracy on the studied images beside the published one; stop on a clearly broken checkpoint.
 
-    "Clearly broken": the 95% Wilson upper bound of the measured accuracy is below half the published
-    accuracy (e.g. near chance where 62% is published) — a wrong or damaged checkpoint, or wrong
-    preprocessing, whose feature maps would mean nothing. ``--no-check`` skips the stop, not the report.
+    "Clearly broken": non-finite logits (always fatal), or the 95% Wilson upper bound of the measured
+    accuracy below half the published accuracy (e.g. near chance where 62% is published) — a wrong or
+    damaged checkpoint, or wrong preprocessing, whose feature maps would mean nothing. ``--no-check``
+    skips the accuracy stop, not the report.
     """
     from repro.aggregate import wilson_interval
     from repro.data import iterate_batches
     published = published_clean_accuracy(spec)
     correct = total = 0
-    for indices, images, _ in iterate_batches(paths, 32, loader):
+    for indices, images, _ in iterate_batches(selection.paths, 32, selection.loader):
         if len(indices):
-            correct += int((graph.predict_clean(images) == labels[indices]).sum())
+            logits = graph.clean_logits_of(images)
+            finite = np.isfinite(logits).all(axis=1)
+            if not finite.all():
+                first = indices[int(np.argmin(finite))]
+                raise cli.RunFailed("{}: the clean forward pass gives non-finite logits for {} of {} image(s) "
+                                    "(e.g. {}): the checkpoint is damaged or does not fit the model".format(
+                                        spec.name, int((~finite).sum()), len(indices), selection.paths[first]))
+            correct += int((logits.argmax(axis=1) == selection.labels[indices]).sum())
             total += len(indices)
     low, high = wilson_interval(correct, total)
     result = {"images": total, "correct": correct, "accuracy": 100.0 * correct / total if total else None,
@@ -266,7 +294,6 @@ def save_feature_panels(out, model, taps, result, k):
 
 
 def save_adversarial(directory, result, paths):
-    import json
     directory.mkdir(parents=True, exist_ok=True)
     for position, image_id in enumerate(result.image_ids):
         np.save(directory / "{:06d}.npy".format(image_id), result.adversarial[position].astype(np.float32))
@@ -286,19 +313,20 @@ def worker_progress(path, images, steps):
     return on_steps
 
 
-def run_workers(argv, args, specs, checkpoint_paths, work, paths):
+def run_workers(argv, args, specs, work, images):
     """``--workers N``: the same command as N child processes on shards I/N, each with its share of the
     cores, a combined progress bar read from the committed batches, and each child's log in
-    ``--out``/work/logs. Returns what the children measured (SHA-256s, clean checks, timings).
+    ``--out``/work/logs. Returns what the children measured (clean checks, timings).
 
     A failed child stops nothing already committed: its error is reported in one line with its log, and
     re-running the command resumes. Children run ``repro/evaluate.py`` with ``--shard I/N --worker``.
     """
-    import json
     import os
     import subprocess
 
     from tqdm import tqdm
+
+    from repro import runner
 
     count = args.workers
     threads = max(1, (os.cpu_count() or 1) // count)
@@ -316,13 +344,15 @@ def run_workers(argv, args, specs, checkpoint_paths, work, paths):
         command = [sys.executable, script, *argv, "--shard", "{}/{}".format(index, count), "--worker"]
         children.append((subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=environment),
                          stream, log_path))
-    bar = tqdm(total=len(paths) * len(specs), unit="img", desc="{} models, {} workers".format(len(specs), count))
+    plan = set(runner.batch_plan(images, args.batch))
+    bar = tqdm(total=images * len(specs), unit="img", desc="{} models, {} workers".format(len(specs), count))
 
     shards = [(index, count) for index in range(count)]
 
     def images_done():
         """Committed images plus the attacked fraction of each worker's current batch."""
-        done = float(sum(work.finished_images(spec.name) for spec in specs))
+        done = float(sum(last - first + 1 for spec in specs for first, last in work.committed_batches(spec.name)
+                         if (first, last) in plan))
         for shard in shards:
             try:
                 done += float(work.worker_file(shard, ".progress").read_text() or 0)
@@ -354,9 +384,8 @@ def run_workers(argv, args, specs, checkpoint_paths, work, paths):
                                "re-run the same command to resume".format(
                                    index, count, child.returncode, lines[-1] if lines else "no output", log_path))
     reports = [json.loads(work.worker_file(shard, ".json").read_text()) for shard in shards]
-    measured = {"hashes": {}, "checks": {}, "timings": {}}
+    measured = {"checks": {}, "timings": {}}
     for report in reports:
-        measured["hashes"].update(report["hashes"])
         measured["checks"].update(report["checks"])
         for key, seconds in report["timings"].items():
             measured["timings"][key] = measured["timings"].get(key, 0.0) + seconds
@@ -364,56 +393,75 @@ def run_workers(argv, args, specs, checkpoint_paths, work, paths):
 
 
 def main(argv=None):
-    import json
     from collections import defaultdict
 
-    from repro import runner
+    from repro import checkpoints, runner
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     cli.setup_logging()
     started = time.time()
+    if args.attack_epsilon > protocol.LARGEST_SENSIBLE_EPSILON:
+        log.warning("--attack-epsilon %g is above 255: ε is in pixel units out of 255 (the paper's 16 means "
+                    "16/255), so every image's ε-ball holds every other image", args.attack_epsilon)
     specs = [zoo.get_model(name, args.zoo, args.depth) for name in args.model]
     checkpoint_paths = [cli.checkpoint_path(spec, load) for spec, load in
                         zip(specs, args.load or [None] * len(specs))]
     config = study_config(args)
-    work = runner.WorkDirectory(args.out, runner.result_config(config, SELECTION_RULE, args.batch))
-    timings = defaultdict(float)
-    hashes, checks = {}, {}
-    paths = []
+    cli.check_writable_folder(args.out)
+    hashes, selection = {}, None
     if not args.aggregate_only:
+        # Every input is checked before the folder is claimed: a failed start leaves --out as it was.
         for spec, path in zip(specs, checkpoint_paths):
             if not path.is_file():
                 raise cli.UsageError(cli.missing_checkpoint_message(spec, path))
+            hashes[spec.name] = checkpoints.load_for(spec, path).sha256
         if args.data is None and specs[0].zoo != "mini":
             raise cli.UsageError("--data is required: the ImageNet validation folder (val/<wnid>/*.JPEG)")
-        paths, labels, loader = runner.image_selection(specs[0], args.data, args.images, args.seed)
-        log.info("studying %d images with %s", len(paths), ", ".join(s.name for s in specs))
+        selection = runner.image_selection(specs[0], args.data, args.images, args.seed)
+        log.info("studying %d images with %s", len(selection), ", ".join(s.name for s in specs))
+    work = runner.WorkDirectory(args.out, runner.result_config(config, SELECTION_RULE, args.batch,
+                                                               selection.source if selection else None))
+    if args.aggregate_only:
+        work.config["data"] = stored_data_source(work, specs, args)
+    else:
+        work.claim()
+    # Refuse batches computed differently before any work (each model's own run checks again).
+    count = len(selection) if selection else args.images
+    for spec in specs:
+        runner.resume_state(work, spec.name, runner.batch_plan(count, args.batch, args.shard),
+                            batch_identity(work, spec, hashes.get(spec.name), selection),
+                            recompute_damaged=not args.aggregate_only)
+    timings = defaultdict(float)
+    checks = {}
+    if not args.aggregate_only:
         if args.workers > 1 and not args.worker:
-            measured = run_workers(argv, args, specs, checkpoint_paths, work, paths)
-            hashes, checks = measured["hashes"], measured["checks"]
+            measured = run_workers(argv, args, specs, work, count)
+            checks = measured["checks"]
             timings.update(measured["timings"])
         else:
             for spec, path in zip(specs, checkpoint_paths):
-                hashes[spec.name], checks[spec.name] = run_model(spec, path, args, config, work, paths, labels,
-                                                                 loader, timings)
+                checks[spec.name] = run_model(spec, path, hashes[spec.name], args, config, work, selection, timings)
     if args.worker:
         # A child of --workers: report to the parent, which writes the tables once all shards are done.
         atomic_write_text(work.worker_file(args.shard, ".json"), json.dumps(
-            {"hashes": hashes, "checks": checks, "timings": dict(timings)}, indent=1))
+            {"checks": checks, "timings": dict(timings)}, indent=1))
         return 0
+    tabled = tabled_batches(work, specs, args, count, hashes, selection)
     began = time.perf_counter()
-    blocks, images, summary = runner.write_tables(work, [s.name for s in specs], args.out)
-    figures = runner.write_figures(blocks, [s.name for s in specs], args.out)
+    blocks, images, summary = runner.write_tables(work, {name: list(done) for name, done in tabled.items()}, args.out)
+    figures = runner.write_figures(blocks, [s.name for s in specs], args.out, config.metrics)
     timings["aggregation_and_figures"] += time.perf_counter() - began
     studied = int((images["error"].fillna("") == "").sum()) if len(images) else 0
     runner.write_manifest(args.out, {
         "command": " ".join(sys.argv), "config": work.config, "models": {
-            s.name: {"zoo": s.zoo, "depth": s.depth, "checkpoint": str(p), "sha256": hashes.get(s.name),
-                     "clean_check": checks.get(s.name)}
-            for s, p in zip(specs, checkpoint_paths)},
-        "images_selected": len(paths), "images_studied_total": studied, "data": args.data,
-        "shard": args.shard, "workers": args.workers, "packages": runner.package_versions(), "git": runner.git_state(),
+            spec.name: dict(models_in_tables(spec, tabled[spec.name]), clean_check=checks.get(spec.name))
+            for spec in specs},
+        "images_selected": count, "images_studied_total": studied, "data": args.data,
+        "batches": {name: {"planned": len(runner.batch_plan(count, args.batch)), "in_tables": len(done)}
+                    for name, done in tabled.items()},
+        "shard": args.shard, "workers": args.workers, "aggregate_only": args.aggregate_only,
+        "packages": runner.package_versions(), "git": runner.git_state(),
         "machine": runner.machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "wall_seconds": round(time.time() - started, 2), "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
         "figures": [str(f) for f in figures]})
@@ -422,6 +470,75 @@ def main(argv=None):
         log.info("\n%s", summary[["model", "perturbation", "n_images", "top1_accuracy", "attack_success_rate"]]
                  .to_string(index=False))
     return 0
+
+
+def stored_data_source(work, specs, args):
+    """``--aggregate-only`` reads no images: the data's identity is the one the run recorded (the
+    miniature zoo's is recomputed and compared; ImageNet's folder is compared when ``--data`` is given)."""
+    from repro import runner
+    path = work.root / "config.json"
+    recorded = json.loads(path.read_text()).get("data") if path.exists() else None
+    if specs[0].zoo == "mini" or args.data:
+        current = runner.image_selection(specs[0], args.data, 1, args.seed).source
+        if recorded is not None and {k: v for k, v in recorded.items() if k != "images_in_folder"} != \
+                {k: v for k, v in current.items() if k != "images_in_folder"}:
+            raise runner.RunConfigMismatch("{} holds results computed on other data ({} → {}); use the --data of "
+                                           "the run".format(work.root, recorded, current))
+    return recorded
+
+
+def tabled_batches(work, specs, args, count, hashes, selection):
+    """{model: {batch: receipt}}: the batches the tables are made of — this run's selection (all shards).
+
+    After a whole run (or its workers) every batch must be there. ``--aggregate-only`` refuses missing
+    or damaged batches, naming them. A ``--shard`` run tables what is committed so far (other shards may
+    still be running) and says how much that is; the manifest records it."""
+    from repro import runner
+    plan = runner.batch_plan(count, args.batch)
+    tabled = {}
+    for spec in specs:
+        identity = batch_identity(work, spec, hashes.get(spec.name), selection)
+        done, missing = runner.resume_state(work, spec.name, plan, identity, recompute_damaged=False) \
+            if args.aggregate_only or not args.shard else _shard_view(work, spec, plan, identity)
+        runner.check_uniform(done, "{}/{}".format(work.root, spec.name))
+        if missing and not args.shard:
+            raise cli.RunFailed(
+                "{}: {} of {} batches of the selection ({} images, --batch {}) are not computed (first: {}); run the "
+                "study{} before aggregating, or pass the --images of the run".format(
+                    spec.name, len(missing), len(plan), count, args.batch,
+                    work.batch_files(spec.name, *missing[0])[2], " (all its shards)" if args.aggregate_only else ""))
+        if missing:
+            log.info("%s: the tables hold %d of %d batches so far (the other shards write the rest)", spec.name,
+                     len(done), len(plan))
+        tabled[spec.name] = done
+    return tabled
+
+
+def _shard_view(work, spec, plan, identity):
+    """Batches of all shards that are committed and verify; another shard's damaged batch is left out
+    with a warning (that shard recomputes it when it runs again)."""
+    from repro import runner
+    done, missing = {}, []
+    for bounds in plan:
+        try:
+            receipt = work.check_batch(spec.name, *bounds, identity(*bounds))
+        except runner.DamagedBatch as error:
+            log.warning("%s; left out of the tables until its shard recomputes it", error)
+            receipt = None
+        if receipt is None:
+            missing.append(bounds)
+        else:
+            done[bounds] = receipt
+    return done, missing
+
+
+def models_in_tables(spec, receipts):
+    """The manifest's record of a model: taken from the receipts of the batches in the tables, so that it
+    names the checkpoint(s) the numbers were computed from, whichever run computed them."""
+    hashes = sorted({r["identity"]["model"]["checkpoint_sha256"] for r in receipts.values()})
+    paths = sorted({r.get("checkpoint") for r in receipts.values() if r.get("checkpoint")})
+    return {"zoo": spec.zoo, "depth": spec.depth, "checkpoint": paths[0] if len(paths) == 1 else paths,
+            "sha256": hashes[0] if len(hashes) == 1 else hashes}
 
 
 if __name__ == "__main__":

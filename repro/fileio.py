@@ -8,6 +8,20 @@ import tempfile
 from pathlib import Path
 
 
+def _temporary_beside(path):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+
+
+def _publish(temporary, path):
+    """Give the temporary file ordinary permissions (0666 less the umask; mkstemp's 0600 would make it
+    private) and rename it to ``path``."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(temporary, 0o666 & ~umask)
+    os.replace(temporary, path)
+
+
 def atomic_write(path, write, binary=False, sync=False):
     """Create ``path`` by ``write(stream)`` into a temporary file in the same directory, then rename.
 
@@ -15,23 +29,53 @@ def atomic_write(path, write, binary=False, sync=False):
     ``sync`` flushes it to disk before the rename. Returns ``path``.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix="." + path.name + ".", suffix=".tmp")
+    handle, temporary = _temporary_beside(path)
     try:
         with os.fdopen(handle, "wb" if binary else "w") as stream:
             write(stream)
             if sync:
                 stream.flush()
                 os.fsync(stream.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(temporary, 0o666 & ~umask)
-        os.replace(temporary, path)
+        _publish(temporary, path)
     except BaseException:
         if os.path.exists(temporary):
             os.unlink(temporary)
         raise
     return path
+
+
+def atomic_write_all(writers):
+    """Write several files, all or none: ``writers`` maps each path to ``write(stream)`` (binary streams).
+    Every file is written to a temporary beside it first; only when all are written are they renamed,
+    so a failure (a full disk, a failing writer) leaves none of them new. Returns the paths."""
+    temporaries = []
+    try:
+        for path, write in writers.items():
+            path = Path(path)
+            handle, temporary = _temporary_beside(path)
+            temporaries.append((temporary, path))
+            with os.fdopen(handle, "wb") as stream:
+                write(_TextOrBinary(stream))
+        for temporary, path in temporaries:
+            _publish(temporary, path)
+    finally:
+        for temporary, _ in temporaries:
+            if os.path.exists(temporary):
+                os.unlink(temporary)
+    return [path for _, path in temporaries]
+
+
+class _TextOrBinary:
+    """A binary stream that also takes str (as UTF-8), so writers of text and of NumPy arrays mix."""
+
+    def __init__(self, stream):
+        self.stream = stream
+
+    def write(self, data):
+        return self.stream.write(data.encode("utf-8") if isinstance(data, str) else data)
+
+    def __getattr__(self, name):
+        return getattr(self.stream, name)
 
 
 def atomic_write_text(path, text):

@@ -35,17 +35,8 @@ import warnings
 
 import numpy as np
 
+from repro.protocol import DEFAULT_METRICS, METRIC_NAMES, PAPER_METRICS, SLOW_METRICS  # noqa: F401
 from repro.tfcompat import tf
-
-PAPER_METRICS = ("frobenius", "mse", "sre", "ssim")
-"""The four metrics of the paper's Figures 5.1 and 5.2 (paper §4)."""
-
-DEFAULT_METRICS = PAPER_METRICS + ("sre_eq", "psnr", "rmse", "uiq", "cosine", "rel_l2")
-"""The paper's four plus the cheap extras SPEC §5 asks for; all are batched graph ops."""
-
-SLOW_METRICS = ("fsim", "issm")
-"""Metrics the paper suggests as future work (§8), computed by image-similarity-measures one channel
-at a time in NumPy (tens of milliseconds per channel): opt-in only."""
 
 # SSIM constants of Wang et al. 2004, as skimage's structural_similarity uses them.
 SSIM_K1 = 0.01

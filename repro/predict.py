@@ -21,6 +21,7 @@ import numpy as np
 import pandas as pd
 
 from repro import cli, zoo
+from repro.fileio import atomic_write_all
 
 log = logging.getLogger("repro.predict")
 TOP_K = 5
@@ -63,7 +64,8 @@ def predict(spec, checkpoint, paths, batch_size=8):
     finally:
         classifier.close()
     all_logits = np.concatenate(logits) if logits else np.zeros((0, spec.arch.num_classes), np.float32)
-    return pd.DataFrame(rows), all_logits.astype(np.float32), skipped
+    columns = ["path"] + ["{}_{}".format(kind, rank) for rank in range(1, TOP_K + 1) for kind in ("class", "name", "prob")]
+    return pd.DataFrame(rows, columns=columns), all_logits.astype(np.float32), skipped
 
 
 def parse_args(argv=None):
@@ -89,23 +91,33 @@ def main(argv=None):
         raise cli.UsageError(cli.missing_checkpoint_message(spec, path))
     if args.batch < 1:
         raise cli.UsageError("--batch must be at least 1")
+    output = Path(args.output)
+    skipped_path = output.with_suffix(".skipped.csv")
+    # Where the results go is checked before any work, and they are written all or none at the end.
+    cli.check_writable_file(output, "--output")
+    cli.check_writable_file(skipped_path, "--output")
+    if args.save_logits:
+        cli.check_writable_file(args.save_logits, "--save-logits")
+    from repro.checkpoints import load_for
     from repro.data import list_image_files
     paths = list_image_files(args.input)
     if not paths:
         raise cli.UsageError("no image files found in {}".format(" ".join(args.input)))
-    table, logits, skipped = predict(spec, path, paths, args.batch)
-    output = Path(args.output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    table.to_csv(output, index=False)
+    checkpoint = load_for(spec, path)
+    table, logits, skipped = predict(spec, checkpoint, paths, args.batch)
+    writers = {output: lambda stream: stream.write(table.to_csv(index=False))}
     if args.save_logits:
-        np.save(args.save_logits, logits)
+        writers[Path(args.save_logits)] = lambda stream: np.save(stream, logits)
+    if skipped:
+        writers[skipped_path] = lambda stream: stream.write(
+            pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(index=False))
+    atomic_write_all(writers)
     log.info("classified %d image(s) → %s", len(table), output)
     if skipped:
-        skipped_path = output.with_suffix(".skipped.csv")
-        pd.DataFrame(skipped, columns=["path", "reason"]).to_csv(skipped_path, index=False)
-        for bad_path, reason in skipped:
-            print("skipped {}: {}".format(bad_path, reason), file=sys.stderr)
-        print("skipped {} unreadable image(s), listed in {}".format(len(skipped), skipped_path), file=sys.stderr)
+        # Each was already logged as it was met; one summary line names where they are listed.
+        print("skipped {} unreadable image(s) ({}{}), listed in {}".format(
+            len(skipped), ", ".join(Path(p).name for p, _ in skipped[:3]), ", …" if len(skipped) > 3 else "",
+            skipped_path), file=sys.stderr)
     return 0 if len(table) else 1
 
 

@@ -3,21 +3,21 @@
 One inference-mode graph per model holds the clean forward pass and targeted PGD (`repro.attacks.
 pgd_targeted`, SPEC §3) with the attack's ε, step size and number of steps fed at run time, so clean,
 PGD-10 and PGD-100 share one restored session. The randomness is the study's: the target and the random
-start of image ``i`` come from ``repro.attacks.perturbation_draws(seed, [image_ids[i]], ...)`` whatever the
+start of image ``i`` come from ``repro.protocol.perturbation_draws(seed, [image_ids[i]], ...)`` whatever the
 batch, so these numbers are exactly those of the study's adversarial predictions on the same images.
 Used by ``scripts/train_mini.py`` for the model cards and by ``repro/validate.py``.
 """
 import time
 
 import numpy as np
+from repro.tfcompat import tf  # before tensorpack: TensorFlow's environment and native-log filter
 from tensorpack.tfutils.tower import TowerContext
 
-from repro import attacks, checkpoints
+from repro import attacks, checkpoints, protocol
 from repro.aggregate import wilson_interval
 from repro.classifier import session_config
 from repro.data import to_model_space
 from repro.models import model_function, preprocess
-from repro.tfcompat import tf
 
 
 class RobustnessEvaluator:
@@ -56,7 +56,7 @@ class RobustnessEvaluator:
         """Top-1 correct count and targeted success count on BGR uint8 ``images`` (N×H×W×3).
 
         ``iterations`` = 0 classifies the clean images (no perturbation; ``success`` is None). Otherwise
-        targeted PGD with ε = ``epsilon`` pixels, α = ``attacks.step_size_rule(epsilon, iterations,
+        targeted PGD with ε = ``epsilon`` pixels, α = ``protocol.step_size_rule(epsilon, iterations,
         step_size)`` (1 at 100 steps, 1.6 at 10), a random start x + U(−ε, ε) and target (label + offset)
         mod classes, both drawn per image from (seed, image id); ``image_ids`` default to 0 … N−1.
         An attack succeeds when the prediction is the target (SPEC §3). ``on_batch(k)`` after k images.
@@ -69,7 +69,7 @@ class RobustnessEvaluator:
                 len(images), len(labels)))
         image_ids = np.arange(len(images)) if image_ids is None else np.asarray(image_ids)
         num_classes = self.spec.arch.num_classes
-        alpha = attacks.step_size_rule(epsilon, iterations, step_size)
+        alpha = protocol.step_size_rule(epsilon, iterations, step_size)
         predictions, targets = [], []
         began = time.perf_counter()
         for first in range(0, len(images), batch):
@@ -77,9 +77,9 @@ class RobustnessEvaluator:
             if iterations == 0:
                 predictions.append(self.session.run(self.predictions, {self.images: images[first:first + batch]}))
             else:
-                draws = attacks.perturbation_draws(seed, image_ids[first:first + batch], clean.shape[1:],
+                draws = protocol.perturbation_draws(seed, image_ids[first:first + batch], clean.shape[1:],
                                                    num_classes)
-                target = attacks.random_targets(labels[first:first + batch], draws["target_offset"],
+                target = protocol.random_targets(labels[first:first + batch], draws["target_offset"],
                                                 num_classes)
                 start = clean + draws["start"] * np.float32(epsilon * 2.0 / 255)
                 predictions.append(self.session.run(self.adversarial_predictions, {

@@ -10,54 +10,19 @@ One graph per model holds
 """
 import logging
 import time
-from dataclasses import dataclass, field
 
 import numpy as np
+from repro.tfcompat import tf  # before tensorpack: TensorFlow's environment and native-log filter
 from tensorpack.tfutils.tower import TowerContext
 
 from repro import attacks, checkpoints, metrics as metric_ops_module
+from repro.protocol import PERTURBATIONS, BatchResult, StudyConfig, perturbation_draws, random_targets
 from repro.classifier import session_config
 from repro.data import to_model_space
 from repro.models import model_function
 from repro.taps import block_taps
-from repro.tfcompat import tf
 
 log = logging.getLogger(__name__)
-PERTURBATIONS = ("random", "adversarial")
-
-
-@dataclass
-class StudyConfig:
-    epsilon: float = 16.0                 # pixels (out of 255)
-    attack_iterations: int = 100
-    attack_step_size: float = 1.0         # pixels; the step-size rule may raise it
-    noise: str = "uniform"                # random perturbation: uniform or sign
-    tap: str = "block_output"
-    metrics: tuple = metric_ops_module.DEFAULT_METRICS
-    ssim_data_range: object = 2.0         # float, or 'reference'
-    seed: int = 0
-    attack_chunk: int = 10                # PGD steps per session run (for progress)
-
-    def __post_init__(self):
-        for name, low in (("attack_iterations", 0), ("attack_chunk", 1), ("epsilon", 0)):
-            if getattr(self, name) < low:
-                raise ValueError("{} must be ≥ {}, got {}".format(name, low, getattr(self, name)))
-
-    @property
-    def step_size(self):
-        return attacks.step_size_rule(self.epsilon, self.attack_iterations, self.attack_step_size)
-
-
-@dataclass
-class BatchResult:
-    image_ids: list
-    labels: np.ndarray
-    targets: np.ndarray
-    predictions: dict                     # perturbation ('clean', 'random', 'adversarial') → (N,)
-    values: dict                          # (perturbation, metric, block_index) → (N, C) array
-    adversarial: np.ndarray               # (N, 3, H, W) model space
-    timings: dict = field(default_factory=dict)
-    feature_maps: dict = field(default_factory=dict)   # block_index → (3, N, C, H, W) when requested
 
 
 class StudyGraph:
@@ -97,25 +62,30 @@ class StudyGraph:
         self.metric_values = {}
         self.tap_tensors = {}
         with tf.name_scope("metrics"):
+            # Per clean image: are its logits and all its tapped maps finite? (A damaged checkpoint must
+            # stop the run, not leave every metric NaN and excluded.)
+            clean_finite = [tf.reduce_all(tf.is_finite(logits[:batch]), axis=1)]
             for tap in self.taps:
                 features = self.graph.get_tensor_by_name(tap.tensor)
                 parts = [features[i * batch:(i + 1) * batch] for i in range(3)]
                 self.tap_tensors[tap.block_index] = features
+                clean_finite.append(tf.reduce_all(tf.is_finite(parts[0]), axis=[1, 2, 3]))
                 for perturbation, perturbed in zip(PERTURBATIONS, parts[1:]):
                     ops = metric_ops_module.metric_ops(parts[0], perturbed, config.metrics,
                                                        data_range=config.ssim_data_range)
                     for metric, op in ops.items():
                         self.metric_values[(perturbation, metric, tap.block_index)] = op
+            self.clean_finite = tf.reduce_all(tf.stack(clean_finite, axis=1), axis=1)
 
         with tf.name_scope("attack"):
             self.attack = attacks.pgd_targeted(model, self.clean, self.adversarial, self.target,
                                                config.epsilon, config.step_size, self.steps)
         with tf.name_scope("clean_check"):
-            self.clean_prediction = tf.argmax(model(self.clean), axis=1)
+            self.clean_logits = model(self.clean)
 
-    def predict_clean(self, images_bgr, batch_size=16):
-        """Top-1 predictions on clean images (BGR uint8), for the sanity check before a long run."""
-        return np.concatenate([self.session.run(self.clean_prediction, {self.clean: to_model_space(
+    def clean_logits_of(self, images_bgr, batch_size=16):
+        """Logits of clean images (BGR uint8), for the sanity check before a long run."""
+        return np.concatenate([self.session.run(self.clean_logits, {self.clean: to_model_space(
             images_bgr[start:start + batch_size])}) for start in range(0, len(images_bgr), batch_size)])
 
     def run_attack(self, clean, start, targets, on_steps=None):
@@ -137,9 +107,8 @@ class StudyGraph:
         """The whole study for one batch of BGR uint8 images; see `BatchResult`."""
         config = self.config
         clean = to_model_space(images_bgr)
-        draws = attacks.perturbation_draws(config.seed, image_ids, clean.shape[1:],
-                                           self.spec.arch.num_classes, config.noise)
-        targets = attacks.random_targets(labels, draws["target_offset"], self.spec.arch.num_classes)
+        draws = perturbation_draws(config.seed, image_ids, clean.shape[1:], self.spec.arch.num_classes, config.noise)
+        targets = random_targets(labels, draws["target_offset"], self.spec.arch.num_classes)
         epsilon = config.epsilon * 2.0 / 255
         start = clean + draws["start"] * np.float32(epsilon)
         timings = {}
@@ -152,7 +121,7 @@ class StudyGraph:
                         "their adversarial metrics will be excluded as non-finite", self.spec.name, broken)
 
         began = time.perf_counter()
-        fetches = {"predictions": self.predictions, "values": self.metric_values}
+        fetches = {"predictions": self.predictions, "values": self.metric_values, "clean_finite": self.clean_finite}
         if feature_blocks:
             fetches["features"] = {b: self.tap_tensors[b] for b in feature_blocks}
         out = self.session.run(fetches, {self.clean: clean, self.random_noise: draws["random"],
@@ -162,7 +131,7 @@ class StudyGraph:
         features = {b: value.reshape((3, n) + value.shape[1:]) for b, value in out.get("features", {}).items()}
         return BatchResult(image_ids=list(image_ids), labels=np.asarray(labels), targets=targets,
                            predictions=out["predictions"], values=out["values"], adversarial=adversarial,
-                           timings=timings, feature_maps=features)
+                           clean_finite=out["clean_finite"], timings=timings, feature_maps=features)
 
     def close(self):
         self.session.close()

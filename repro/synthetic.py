@@ -8,13 +8,13 @@ normalises with its batch statistics) on random images, whose batch statistics t
 normalised activations, as in a trained network.
 """
 import numpy as np
+from repro.tfcompat import tf  # before tensorpack: TensorFlow's environment and native-log filter
 from tensorpack.models import BatchNorm
 from tensorpack.tfutils.argscope import argscope
 
 from repro import checkpoints
 from repro.classifier import model_variables
 from repro.models import model_function
-from repro.tfcompat import tf
 
 
 def synthetic_checkpoint(spec, seed=0, calibration_images=4, **gains):

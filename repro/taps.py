@@ -2,7 +2,8 @@
 import re
 from dataclasses import dataclass
 
-TAPS = ("block_output", "denoised")
+from repro.protocol import TAPS
+
 _BLOCK_OUTPUT = re.compile(r"^group(\d+)/block(\d+)/block_output$")
 
 

@@ -11,6 +11,7 @@ in that interval widened by the published ±0.3 fluctuation, FAIL otherwise (exi
 Per-image results are committed per batch under ``--out``; re-running the same command continues.
 """
 import argparse
+import hashlib
 import json
 import logging
 import sys
@@ -28,6 +29,8 @@ from repro.fileio import atomic_write_text
 
 log = logging.getLogger("repro.validate")
 ORDER_SEED = 0
+ORDER_RULE = "first --limit images: ImageNet select_images(seed=0) / the miniature test split in order"
+EPSILON = 16.0          # pixels: the published numbers' ε (SPEC §1)
 
 
 def verdict(measured_low, measured_high, published, tolerance):
@@ -63,62 +66,117 @@ def results_table(spec, iterations, records):
     return rows
 
 
+def validation_identity(spec, checkpoint_sha256, selection, iterations, seed):
+    """Everything that determines a validation record besides the image: the model and its checkpoint, the
+    data, the image order, and the attack (ε = 16, α by the step-size rule, the seed of the draws)."""
+    from repro import protocol, runner
+    attack = {"iterations": iterations, "epsilon": EPSILON, "seed": seed,
+              "step_size": protocol.step_size_rule(EPSILON, iterations) if iterations else None}
+    return runner.json_form({"model": runner.model_identity(spec, checkpoint_sha256), "data": selection.source,
+                             "order": ORDER_RULE, "order_seed": ORDER_SEED, "attack": attack})
+
+
 class Progress:
-    """Per-image records of one (model, iterations, order) validation, committed per batch."""
+    """Per-image records of one validation, in a folder keyed by its identity (`validation_identity`).
 
-    def __init__(self, directory):
-        self.directory = Path(directory)
-        self.directory.mkdir(parents=True, exist_ok=True)
+    Records are per image (id, path, label, prediction …): a changed ``--batch`` or ``--limit`` reuses
+    exactly the images already done and counts each image once; another checkpoint, data folder or attack
+    gets another folder. A folder whose recorded identity or images disagree with this run is refused.
+    """
 
-    def done(self):
-        files = sorted(self.directory.glob("batch-*.csv"))
-        return pd.concat([pd.read_csv(f) for f in files], ignore_index=True) if files else pd.DataFrame(
-            columns=["image", "path", "label", "top1", "top5_hit", "target"])
+    COLUMNS = ["image", "path", "label", "top1", "top5_hit", "target"]
 
-    def commit(self, first, frame):
-        atomic_write_text(self.directory / "batch-{:07d}.csv".format(first), frame.to_csv(index=False))
+    def __init__(self, root, identity):
+        from repro import runner
+        model = identity["model"]
+        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
+        self.directory = Path(root) / "work" / "{}-{}-k{}-{}".format(
+            model["zoo"], model["name"], identity["attack"]["iterations"], digest)
+        self.identity = identity
+        path = self.directory / "identity.json"
+        if path.exists():
+            recorded = json.loads(path.read_text())
+            changes = runner.identity_differences({"settings": recorded}, {"settings": identity})
+            if changes:
+                raise runner.RunConfigMismatch("{} holds a validation of something else ({}): use another --out".format(
+                    self.directory, "; ".join(changes)))
+
+    def done(self, selection):
+        """Records of the images of ``selection`` already validated, one per image, in image order."""
+        from repro import runner
+        parts = []
+        for path in sorted(self.directory.glob("batch-*.csv")):
+            try:
+                frame = pd.read_csv(path)
+                if list(frame.columns) != self.COLUMNS:
+                    raise ValueError("columns {}".format(list(frame.columns)))
+            except (ValueError, OSError) as error:          # pandas' parser errors are ValueErrors
+                log.warning("%s is damaged (%s); its images will be validated again", path, error)
+                path.unlink()
+                continue
+            parts.append(frame)
+        if not parts:
+            return pd.DataFrame(columns=self.COLUMNS)
+        records = pd.concat(parts, ignore_index=True).drop_duplicates("image").sort_values("image")
+        records = records[records.image < len(selection)].reset_index(drop=True)
+        for row in records.itertuples():
+            if row.path != str(selection.paths[row.image]) or row.label != selection.labels[row.image]:
+                raise runner.RunConfigMismatch(
+                    "{} holds image {} as {} (label {}), this run selects {} (label {}): the data changed; use "
+                    "another --out".format(self.directory, row.image, row.path, row.label,
+                                           selection.paths[row.image], selection.labels[row.image]))
+        return records
+
+    def commit(self, frame):
+        identity_path = self.directory / "identity.json"
+        if not identity_path.exists():
+            atomic_write_text(identity_path, json.dumps(self.identity, indent=1, sort_keys=True))
+        name = "batch-{:07d}-{:07d}.csv".format(int(frame.image.min()), int(frame.image.max()))
+        atomic_write_text(self.directory / name, frame[self.COLUMNS].to_csv(index=False))
 
 
-def validate_model(spec, checkpoint, paths, labels, loader, iterations, batch, out, seed):
-    """Measure one model; returns the per-image records (resuming from ``out``)."""
+def validate_model(spec, checkpoint, selection, iterations, batch, out, seed):
+    """Measure one model on ``selection``; returns one record per image (resuming from ``out``)."""
     from tqdm import tqdm
 
     from repro.classifier import Classifier
     from repro.data import iterate_batches
     from repro.robustness import RobustnessEvaluator
 
-    progress = Progress(Path(out) / "work" / "{}-{}-k{}-seed{}".format(spec.zoo, spec.name, iterations, seed))
-    records = progress.done()
-    done = set(records.image.astype(int)) if len(records) else set()
-    pending = [first for first in range(0, len(paths), batch)
-               if not set(range(first, min(first + batch, len(paths)))) <= done]
-    if not pending:
+    progress = Progress(out, validation_identity(spec, checkpoint.sha256, selection, iterations, seed))
+    records = progress.done(selection)
+    missing = sorted(set(range(len(selection))) - set(records.image.astype(int)))
+    if not missing:
         return records
     model = Classifier(spec, checkpoint) if iterations == 0 else RobustnessEvaluator(spec, checkpoint)
     parts = [records] if len(records) else []
-    bar = tqdm(total=len(paths), initial=len(done), unit="img", desc="{} k={}".format(spec.name, iterations))
+    paths, labels = selection.paths, selection.labels
+    bar = tqdm(total=len(selection), initial=len(records), unit="img", desc="{} k={}".format(spec.name, iterations))
     errors = int((records.top1 != records.label).sum()) if len(records) else 0
     successes = int((records.top1 == records.target).sum()) if len(records) else 0
     try:
-        for first in pending:
-            ids = list(range(first, min(first + batch, len(paths))))
+        for start in range(0, len(missing), batch):
+            ids = missing[start:start + batch]
             rows = []
-            for indices, images, skipped in iterate_batches([paths[i] for i in ids], len(ids), loader):
+            for indices, images, skipped in iterate_batches([paths[i] for i in ids], len(ids), selection.loader):
                 for _, path, error in skipped:
                     raise cli.UsageError("cannot validate on an unreadable image ({}): {}".format(path, error.reason))
                 chosen = [ids[i] for i in indices]
                 if iterations == 0:
                     logits = model.predict_logits(images)
+                    if not np.isfinite(logits).all():
+                        raise cli.RunFailed("{}: non-finite logits on image(s) {}: the checkpoint does not work".format(
+                            spec.name, [chosen[i] for i in np.flatnonzero(~np.isfinite(logits).all(1))][:5]))
                     top5 = np.argsort(-logits, axis=1, kind="stable")[:, :5]
                     top1, hit, target = top5[:, 0], (top5 == labels[chosen][:, None]).any(1), [-1] * len(chosen)
                 else:
-                    result = model.evaluate(images, labels[chosen], iterations, seed=seed, batch=len(chosen),
-                                            image_ids=chosen)
+                    result = model.evaluate(images, labels[chosen], iterations, epsilon=EPSILON, seed=seed,
+                                            batch=len(chosen), image_ids=chosen)
                     top1, hit, target = result["predictions"], [False] * len(chosen), result["targets"]
                 rows.append(pd.DataFrame({"image": chosen, "path": [str(paths[i]) for i in chosen],
                                           "label": labels[chosen], "top1": top1, "top5_hit": hit, "target": target}))
             frame = pd.concat(rows, ignore_index=True)
-            progress.commit(first, frame)
+            progress.commit(frame)
             parts.append(frame)
             errors += int((frame.top1 != frame.label).sum())
             successes += int((frame.top1 == frame.target).sum())
@@ -130,7 +188,7 @@ def validate_model(spec, checkpoint, paths, labels, loader, iterations, batch, o
         bar.close()
         if hasattr(model, "close"):
             model.close()
-    return pd.concat(parts, ignore_index=True)
+    return pd.concat(parts, ignore_index=True).sort_values("image").reset_index(drop=True)
 
 
 def parse_args(argv=None):
@@ -154,7 +212,7 @@ def parse_args(argv=None):
 
 
 def main(argv=None):
-    from repro import runner
+    from repro import checkpoints, runner
 
     args = parse_args(argv)
     cli.setup_logging()
@@ -168,22 +226,24 @@ def main(argv=None):
             raise cli.UsageError(cli.missing_checkpoint_message(spec, path))
     if args.data is None and args.zoo != "mini":
         raise cli.UsageError("--data is required: the ImageNet validation folder (val/<wnid>/*.JPEG)")
-    paths, labels, loader = runner.image_selection(specs[0], args.data, args.limit, ORDER_SEED)
+    cli.check_writable_folder(args.out)
+    loaded = [checkpoints.load_for(spec, path) for spec, path in zip(specs, paths_)]
+    selection = runner.image_selection(specs[0], args.data, args.limit, ORDER_SEED)
     began = time.time()
     rows = []
-    for spec, checkpoint in zip(specs, paths_):
-        records = validate_model(spec, checkpoint, paths, labels, loader, args.attack_iter, args.batch, args.out,
-                                 args.seed)
+    for spec, checkpoint in zip(specs, loaded):
+        records = validate_model(spec, checkpoint, selection, args.attack_iter, args.batch, args.out, args.seed)
         rows.extend(results_table(spec, args.attack_iter, records))
     table = pd.DataFrame(rows)
     out = Path(args.out)
     stem = "validate-{}-k{}".format(args.zoo, args.attack_iter)
     atomic_write_text(out / (stem + ".csv"), table.to_csv(index=False))
     atomic_write_text(out / (stem + ".json"), json.dumps({
-        "command": " ".join(sys.argv), "zoo": args.zoo, "attack_iter": args.attack_iter, "images": len(paths),
-        "order": "mini test split" if args.zoo == "mini" else "select_images(seed={})".format(ORDER_SEED),
-        "seed": args.seed, "rows": rows, "wall_seconds": round(time.time() - began, 1),
-        "checkpoints": {s.name: str(p) for s, p in zip(specs, paths_)}, "packages": runner.package_versions()},
+        "command": " ".join(sys.argv), "zoo": args.zoo, "attack_iter": args.attack_iter, "images": len(selection),
+        "order": ORDER_RULE, "data": selection.source, "seed": args.seed, "epsilon": EPSILON, "rows": rows,
+        "wall_seconds": round(time.time() - began, 1),
+        "checkpoints": {s.name: {"path": str(p), "sha256": c.sha256} for s, p, c in zip(specs, paths_, loaded)},
+        "packages": runner.package_versions(), "git": runner.git_state()},
         indent=1, default=float))
     shown = table[["model", "attack_iter", "quantity", "n", "measured", "ci95_low", "ci95_high", "published", "verdict"]]
     print(shown.to_string(index=False, float_format=lambda v: "{:.2f}".format(v)))

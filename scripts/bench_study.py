@@ -18,7 +18,8 @@ import numpy as np  # noqa: E402
 
 from repro import metrics, zoo  # noqa: E402
 from repro.data import to_model_space  # noqa: E402
-from repro.study import StudyConfig, StudyGraph  # noqa: E402
+from repro.protocol import StudyConfig  # noqa: E402
+from repro.study import StudyGraph  # noqa: E402
 from repro.synthetic import write_synthetic_checkpoint  # noqa: E402
 
 

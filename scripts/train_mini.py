@@ -159,7 +159,7 @@ class TrainingGraph:
     def _adversarial(model, clean, labels, classes, config, attacks, tf):
         """Targeted PGD to random other classes from a clean (20% of batches) or a random start."""
         epsilon = config.attack_epsilon * (2.0 / 255)
-        # The graph form of repro.attacks.random_targets: (label + U{1..K-1}) mod K.
+        # The graph form of repro.protocol.random_targets: (label + U{1..K-1}) mod K.
         offsets = tf.random_uniform(tf.shape(labels), 1, classes, dtype=tf.int64)
         target = tf.floormod(labels + offsets, classes)
         from_noise = tf.cast(tf.random_uniform([]) >= config.prob_start_from_clean, tf.float32)
@@ -278,8 +278,8 @@ def evaluate(spec, checkpoint_path, attack_iterations, eval_limit, epsilon, seed
         "n": int(len(images)), "epsilon": epsilon, "seed": seed, "batch": batch,
         "attack": "targeted PGD (repro.attacks.pgd_targeted), BatchNorm in inference mode, random start "
                   "x + U(-eps, eps) and target (label + offset) mod 10 per image from "
-                  "repro.attacks.perturbation_draws(seed, image index); step size "
-                  "repro.attacks.step_size_rule(eps, iterations)",
+                  "repro.protocol.perturbation_draws(seed, image index); step size "
+                  "repro.protocol.step_size_rule(eps, iterations)",
         "results": results, "wall_time_seconds": round(time.perf_counter() - began, 1),
     }
 

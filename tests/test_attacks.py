@@ -6,10 +6,10 @@ import pytest
 from scipy import stats
 from tensorpack.tfutils.tower import TowerContext
 
-from repro import attacks, checkpoints
+from repro import attacks, checkpoints, protocol
 from repro.data import to_model_space
 from repro.models import IMAGE_SCALE, model_function
-from repro.study import StudyConfig
+from repro.protocol import StudyConfig
 from repro.synthetic import synthetic_checkpoint
 from repro.tfcompat import tf
 from tests.conftest import tiny_spec
@@ -32,7 +32,7 @@ TOLERANCE = 1e-6
     (100, 0.5, 0.5),
 ])
 def test_step_size_rule(iterations, step_size, expected):
-    assert attacks.step_size_rule(EPSILON, iterations, step_size) == pytest.approx(expected, rel=1e-12)
+    assert protocol.step_size_rule(EPSILON, iterations, step_size) == pytest.approx(expected, rel=1e-12)
 
 
 def test_study_config_uses_the_step_size_rule():
@@ -47,16 +47,16 @@ def test_study_config_uses_the_step_size_rule():
 def test_random_targets_by_hand():
     labels = [0, 5, 999, 998, 3]
     offsets = [1, 999, 1, 5, 500]
-    assert attacks.random_targets(labels, offsets).tolist() == [1, 4, 0, 3, 503]
-    assert attacks.random_targets([9, 0], [1, 9], num_classes=10).tolist() == [0, 9]
+    assert protocol.random_targets(labels, offsets).tolist() == [1, 4, 0, 3, 503]
+    assert protocol.random_targets([9, 0], [1, 9], num_classes=10).tolist() == [0, 9]
 
 
 def test_random_targets_never_the_label_and_uniform_over_the_other_classes():
     classes, draws_count = 10, 4500
     ids = np.arange(draws_count)
     labels = np.random.default_rng(123).integers(0, classes, draws_count)
-    offsets = attacks.perturbation_draws(7, ids, (1, 1, 1), num_classes=classes)["target_offset"]
-    targets = attacks.random_targets(labels, offsets, classes)
+    offsets = protocol.perturbation_draws(7, ids, (1, 1, 1), num_classes=classes)["target_offset"]
+    targets = protocol.random_targets(labels, offsets, classes)
 
     assert offsets.min() >= 1 and offsets.max() <= classes - 1
     assert np.all(targets != labels) and targets.min() >= 0 and targets.max() < classes
@@ -74,25 +74,25 @@ def test_random_targets_never_the_label_and_uniform_over_the_other_classes():
 
 
 def test_target_offsets_cover_1_to_999_for_imagenet():
-    offsets = attacks.perturbation_draws(0, range(20000), (1, 1, 1))["target_offset"]
+    offsets = protocol.perturbation_draws(0, range(20000), (1, 1, 1))["target_offset"]
     assert offsets.min() == 1 and offsets.max() == 999
     assert len(np.unique(offsets)) == 999      # 20000 draws hit every one of 999 values (P(miss) ≈ 2e-6)
 
 
 def test_draws_are_deterministic_per_seed_and_image_id_whatever_the_batch():
     shape = (3, 8, 8)
-    batch = attacks.perturbation_draws(5, [7, 3, 11, 0], shape)
-    again = attacks.perturbation_draws(5, [7, 3, 11, 0], shape)
-    alone = attacks.perturbation_draws(5, [11], shape)
-    reordered = attacks.perturbation_draws(5, [0, 11, 42, 3, 7], shape)
+    batch = protocol.perturbation_draws(5, [7, 3, 11, 0], shape)
+    again = protocol.perturbation_draws(5, [7, 3, 11, 0], shape)
+    alone = protocol.perturbation_draws(5, [11], shape)
+    reordered = protocol.perturbation_draws(5, [0, 11, 42, 3, 7], shape)
     for key in ("target_offset", "start", "random"):
         np.testing.assert_array_equal(batch[key], again[key])
         np.testing.assert_array_equal(batch[key][2], alone[key][0])
         np.testing.assert_array_equal(batch[key][[0, 1, 2, 3]], reordered[key][[4, 3, 1, 0]])
     # numpy integer ids (as from an index array) give the same draws as Python ints
-    np.testing.assert_array_equal(attacks.perturbation_draws(5, np.array([11]), shape)["start"], alone["start"])
+    np.testing.assert_array_equal(protocol.perturbation_draws(5, np.array([11]), shape)["start"], alone["start"])
     # another seed, or another image, draws something else
-    other_seed = attacks.perturbation_draws(6, [7, 3, 11, 0], shape)
+    other_seed = protocol.perturbation_draws(6, [7, 3, 11, 0], shape)
     assert not np.array_equal(other_seed["start"], batch["start"])
     assert not np.array_equal(other_seed["random"], batch["random"])
     assert not np.array_equal(other_seed["target_offset"], batch["target_offset"])
@@ -100,16 +100,16 @@ def test_draws_are_deterministic_per_seed_and_image_id_whatever_the_batch():
 
 
 def test_draw_shapes_and_types():
-    draws = attacks.perturbation_draws(0, [1, 2], (3, 4, 5), num_classes=10)
+    draws = protocol.perturbation_draws(0, [1, 2], (3, 4, 5), num_classes=10)
     assert draws["target_offset"].shape == (2,) and draws["target_offset"].dtype == np.int64
     for key in ("start", "random"):
         assert draws[key].shape == (2, 3, 4, 5) and draws[key].dtype == np.float32
-    empty = attacks.perturbation_draws(0, [], (3, 4, 5))
+    empty = protocol.perturbation_draws(0, [], (3, 4, 5))
     assert empty["start"].shape == (0, 3, 4, 5) and empty["target_offset"].shape == (0,)
 
 
 def test_uniform_noise_statistics():
-    draws = attacks.perturbation_draws(3, range(20), (3, 32, 32))
+    draws = protocol.perturbation_draws(3, range(20), (3, 32, 32))
     for key in ("start", "random"):
         values = draws[key].astype(np.float64).ravel()          # 61,440 values
         assert values.min() >= -1.0 and values.max() <= 1.0
@@ -126,8 +126,8 @@ def test_uniform_noise_statistics():
 
 
 def test_sign_noise_is_exactly_plus_or_minus_one():
-    uniform = attacks.perturbation_draws(3, range(10), (3, 16, 16))
-    sign = attacks.perturbation_draws(3, range(10), (3, 16, 16), noise="sign")
+    uniform = protocol.perturbation_draws(3, range(10), (3, 16, 16))
+    sign = protocol.perturbation_draws(3, range(10), (3, 16, 16), noise="sign")
     values = sign["random"]
     assert set(np.unique(values).tolist()) == {-1.0, 1.0}
     assert abs(values.mean()) < 0.03            # 7,680 fair signs: σ of the mean 0.011
@@ -138,7 +138,7 @@ def test_sign_noise_is_exactly_plus_or_minus_one():
 
 def test_unknown_noise_is_a_value_error():
     with pytest.raises(ValueError, match="unknown noise 'gauss'"):
-        attacks.perturbation_draws(0, [0], (3, 2, 2), noise="gauss")
+        protocol.perturbation_draws(0, [0], (3, 2, 2), noise="gauss")
 
 
 # --- random perturbation and the ε-ball (graph ops against NumPy) ---------------------------------
@@ -166,7 +166,7 @@ def _run_ops(build, *arrays):
 def test_random_perturbation_stays_in_the_ball_and_the_valid_range(noise):
     clean = to_model_space(_extreme_images())
     assert np.sum(clean == -1.0) > 1000 and np.sum(clean == 1.0) > 1000
-    draws = attacks.perturbation_draws(1, range(len(clean)), clean.shape[1:], noise=noise)["random"]
+    draws = protocol.perturbation_draws(1, range(len(clean)), clean.shape[1:], noise=noise)["random"]
     perturbed = _run_ops(lambda x, n: attacks.random_perturbation(x, n, EPSILON), clean, draws)
 
     expected = np.clip(clean + draws * EPSILON_MODEL, np.float32(-1), np.float32(1))
@@ -243,9 +243,9 @@ def batch(attack_graph):
     """8 images (a third of their pixels at 0 or 255), their draws, PGD starts x + ε·U(-1, 1) (not
     clipped, as in the study) and random targets other than the network's clean prediction."""
     clean = to_model_space(_extreme_images(count=8, size=64, seed=4))
-    draws = attacks.perturbation_draws(0, range(8), clean.shape[1:], num_classes=10)
+    draws = protocol.perturbation_draws(0, range(8), clean.shape[1:], num_classes=10)
     predicted = attack_graph.predict(clean)
-    targets = attacks.random_targets(predicted, draws["target_offset"], 10)
+    targets = protocol.random_targets(predicted, draws["target_offset"], 10)
     start = clean + draws["start"] * EPSILON_MODEL
     return dict(clean=clean, start=start, targets=targets, predicted=predicted)
 
@@ -324,7 +324,7 @@ def test_batch_norm_is_in_inference_mode_during_the_attack(attack_graph, batch):
 def test_pgd_reaches_the_target_on_a_random_tiny_network(attack_graph, batch):
     clean, targets = batch["clean"], batch["targets"]
     iterations = 40
-    step = attacks.step_size_rule(EPSILON, iterations)
+    step = protocol.step_size_rule(EPSILON, iterations)
     assert step == 1.0
     assert np.all(targets != batch["predicted"])
     adversarial = attack_graph.run(clean, batch["start"], targets, steps=iterations, step_size=step)
@@ -350,8 +350,8 @@ def test_full_depth_synthetic_resnext_denoise_all_stays_finite_under_large_pgd_s
     graph = AttackGraph(spec)
     try:
         clean = to_model_space(_extreme_images(count=2, size=64, seed=7))
-        draws = attacks.perturbation_draws(0, range(2), clean.shape[1:], num_classes=1000)
-        targets = attacks.random_targets([0, 1], draws["target_offset"], 1000)
+        draws = protocol.perturbation_draws(0, range(2), clean.shape[1:], num_classes=1000)
+        targets = protocol.random_targets([0, 1], draws["target_offset"], 1000)
         start = clean + draws["start"] * EPSILON_MODEL
         for steps, step_size in [(2, 8.0), (3, 16.0)]:
             adversarial = graph.run(clean, start, targets, steps=steps, step_size=step_size)

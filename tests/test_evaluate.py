@@ -206,10 +206,26 @@ def test_workers_split_the_run_into_processes_and_merge_to_the_same_tables(tmp_p
     assert sorted(p.name for p in (tmp_path / "two" / "work" / "logs").iterdir()) == [
         "worker-0-of-2.log", "worker-1-of-2.log"]
 
-    # A failing worker (here: a checkpoint of another architecture) is one line naming it and its log.
+    # A checkpoint of another architecture is refused by the parent before any worker starts or the
+    # folder is claimed.
     wrong = str(cli.checkpoint_path(zoo.get_model("ResNetDenoise", "mini")))
     capsys.readouterr()
     status = cli.run_main(evaluate.main, common + ["--out", str(tmp_path / "bad"), "--workers", "2", "--load", wrong])
     errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert status == 1 and len(errors) == 1 and "is a ResNetDenoise (mini zoo) checkpoint" in errors[0], errors
+    assert not (tmp_path / "bad" / "work" / "config.json").exists()
+
+
+def test_a_failing_worker_is_one_line_naming_it_and_its_log(tmp_path, capsys, monkeypatch):
+    """A child that dies (here: made to exit by a sitecustomize on its path) is reported in one line."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import sys\nif '--worker' in sys.argv and '0/2' in sys.argv:\n    sys.exit('injected failure of worker 0')\n")
+    monkeypatch.setenv("PYTHONPATH", str(hook))
+    common = ["--zoo", "mini", "--model", "ResNet", "--images", "4", "--batch", "2", "--attack-iter", "1"]
+    status = cli.run_main(evaluate.main, common + ["--out", str(tmp_path / "out"), "--workers", "2"])
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
     assert status == 1 and len(errors) == 1, errors
-    assert "worker 0/2 failed" in errors[0] and "ResNetDenoise" in errors[0] and "worker-0-of-2.log" in errors[0]
+    assert "worker 0/2 failed" in errors[0] and "injected failure of worker 0" in errors[0]
+    assert "worker-0-of-2.log" in errors[0] and "re-run the same command to resume" in errors[0]

@@ -8,7 +8,8 @@ from scipy.stats import binomtest
 from repro import minidata
 from repro.classifier import Classifier
 from repro.robustness import RobustnessEvaluator, evaluate_robustness, rate, summarise
-from repro.study import StudyConfig, StudyGraph
+from repro.protocol import StudyConfig
+from repro.study import StudyGraph
 from repro.synthetic import write_synthetic_checkpoint
 from tests.conftest import tiny_spec
 

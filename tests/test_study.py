@@ -7,11 +7,12 @@ import dataclasses
 import numpy as np
 import pytest
 
-from repro import attacks, checkpoints, metrics, zoo
+from repro import attacks, checkpoints, metrics, protocol, zoo
 from repro.classifier import Classifier
 from repro.data import to_model_space
 from repro.models import IMAGE_SCALE, model_function
-from repro.study import PERTURBATIONS, StudyConfig, StudyGraph
+from repro.protocol import PERTURBATIONS, StudyConfig
+from repro.study import StudyGraph
 from repro.synthetic import synthetic_checkpoint
 from repro.taps import block_taps
 from repro.tfcompat import tf
@@ -132,7 +133,7 @@ def test_taps_and_predictions_are_those_of_the_clean_random_and_adversarial_imag
     """The three parts of the batch are x, clip(x + ε·noise, −1, 1) with the draws of the image ids,
     and the returned adversarial images."""
     clean = to_model_space(images[0])
-    noise = attacks.perturbation_draws(CONFIG.seed, IMAGE_IDS, clean.shape[1:], 10, CONFIG.noise)["random"]
+    noise = protocol.perturbation_draws(CONFIG.seed, IMAGE_IDS, clean.shape[1:], 10, CONFIG.noise)["random"]
     randomised = np.clip(clean + noise * EPSILON_MODEL, np.float32(-1), np.float32(1))
     for index, (name, inputs) in enumerate(zip(("clean",) + PERTURBATIONS, (clean, randomised, result.adversarial))):
         logits, taps = forward(inputs)
@@ -154,7 +155,7 @@ def test_clean_predictions_equal_the_classifier(spec, checkpoint, result, images
 
 
 def test_targets_and_adversarial_images(study, result, images):
-    draws = attacks.perturbation_draws(CONFIG.seed, IMAGE_IDS, (3, 64, 64), num_classes=10)
+    draws = protocol.perturbation_draws(CONFIG.seed, IMAGE_IDS, (3, 64, 64), num_classes=10)
     np.testing.assert_array_equal(result.targets, (images[1] + draws["target_offset"]) % 10)
     assert np.all(result.targets != images[1])
     clean = to_model_space(images[0])
@@ -200,8 +201,8 @@ def test_an_images_result_does_not_depend_on_its_batch(study, result, images):
 
 def test_chunked_attack_equals_one_uninterrupted_run(study, images, swap_config):
     clean = to_model_space(images[0])
-    draws = attacks.perturbation_draws(CONFIG.seed, IMAGE_IDS, clean.shape[1:], num_classes=10)
-    targets = attacks.random_targets(images[1], draws["target_offset"], 10)
+    draws = protocol.perturbation_draws(CONFIG.seed, IMAGE_IDS, clean.shape[1:], num_classes=10)
+    targets = protocol.random_targets(images[1], draws["target_offset"], 10)
     start = clean + draws["start"] * EPSILON_MODEL
     chunks = []
     chunked = study.run_attack(clean, start, targets, on_steps=chunks.append)
@@ -221,7 +222,7 @@ def test_chunked_attack_equals_one_uninterrupted_run(study, images, swap_config)
 def test_zero_attack_iterations_give_the_start_in_the_ball(study, images, swap_config):
     swap_config(attack_iterations=0)
     clean = to_model_space(images[0])
-    start = clean + attacks.perturbation_draws(0, IMAGE_IDS, clean.shape[1:])["start"] * EPSILON_MODEL
+    start = clean + protocol.perturbation_draws(0, IMAGE_IDS, clean.shape[1:])["start"] * EPSILON_MODEL
     calls = []
     result = study.run_attack(clean, start, np.zeros(4, np.int64), on_steps=calls.append)
     low = np.clip(clean - EPSILON_MODEL, np.float32(-1), np.float32(1))

@@ -4,10 +4,10 @@ The variable scopes and layer names below *are* the checkpoint format: they repr
 shapes of the released tensorpack checkpoints (`checkpoint_manifest.json`). Graph-building only: no
 session, no file I/O.
 """
+from repro.tfcompat import tf  # before tensorpack: TensorFlow's environment and native-log filter
 from tensorpack.models import BatchNorm, BNReLU, Conv2D, FullyConnected, GlobalAvgPooling, MaxPooling
 from tensorpack.tfutils.argscope import argscope
 
-from repro.tfcompat import tf
 
 
 def batch_norm(x, name=None):

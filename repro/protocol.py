@@ -1,0 +1,120 @@
+"""The study's protocol, engine-neutral: its settings, its per-image random draws, its metric names.
+
+Nothing here imports TensorFlow (or any other engine): the entry points parse and check their options,
+the runner keys its work directory, and every engine draws the same targets, PGD starts and noise from
+this module, so that an image gets the same perturbations whatever batch, shard, process or engine
+computes it (SPEC §3).
+"""
+import math
+import numbers
+from dataclasses import dataclass, field
+
+import numpy as np
+
+PERTURBATIONS = ("random", "adversarial")
+"""The perturbed versions of each image whose feature maps are compared with the clean image's."""
+
+PAPER_METRICS = ("frobenius", "mse", "sre", "ssim")
+"""The four metrics of the paper's Figures 5.1 and 5.2 (paper §4)."""
+
+DEFAULT_METRICS = PAPER_METRICS + ("sre_eq", "psnr", "rmse", "uiq", "cosine", "rel_l2")
+"""The paper's four plus the cheap extras SPEC §5 asks for; all are batched graph ops."""
+
+SLOW_METRICS = ("fsim", "issm")
+"""Metrics the paper suggests as future work (§8), computed by image-similarity-measures one channel
+at a time in NumPy (tens of milliseconds per channel): opt-in only."""
+
+METRIC_NAMES = DEFAULT_METRICS + SLOW_METRICS
+
+NOISES = ("uniform", "sign")
+TAPS = ("block_output", "denoised")
+LARGEST_SENSIBLE_EPSILON = 255.0      # pixels: beyond it the ε-ball holds every image
+
+
+@dataclass
+class StudyConfig:
+    """Everything that determines the numbers one batch of the study produces (with the model and images)."""
+    epsilon: float = 16.0                 # pixels (out of 255)
+    attack_iterations: int = 100
+    attack_step_size: float = 1.0         # pixels; the step-size rule may raise it
+    noise: str = "uniform"                # random perturbation: uniform or sign
+    tap: str = "block_output"
+    metrics: tuple = DEFAULT_METRICS
+    ssim_data_range: object = 2.0         # float, or 'reference'
+    seed: int = 0
+    attack_chunk: int = 10                # PGD steps per session run (progress only: no result depends on it)
+
+    def __post_init__(self):
+        for name in ("epsilon", "attack_step_size"):
+            value = getattr(self, name)
+            if not isinstance(value, numbers.Real) or not math.isfinite(value) or value < 0:
+                raise ValueError("{} must be a finite number ≥ 0, got {!r}".format(name, value))
+        if self.ssim_data_range != "reference" and not (
+                isinstance(self.ssim_data_range, numbers.Real) and math.isfinite(self.ssim_data_range)
+                and self.ssim_data_range > 0):
+            raise ValueError("ssim_data_range must be a finite number > 0 or 'reference', got {!r}".format(
+                self.ssim_data_range))
+        for name, low in (("attack_iterations", 0), ("attack_chunk", 1)):
+            if getattr(self, name) < low:
+                raise ValueError("{} must be ≥ {}, got {}".format(name, low, getattr(self, name)))
+        if self.noise not in NOISES:
+            raise ValueError("unknown noise {!r}: choose {}".format(self.noise, " or ".join(NOISES)))
+        if self.tap not in TAPS:
+            raise ValueError("unknown tap {!r}: choose one of {}".format(self.tap, ", ".join(TAPS)))
+        unknown = [name for name in self.metrics if name not in METRIC_NAMES]
+        if unknown:
+            raise ValueError("unknown metric(s) {}: choose from {}".format(", ".join(unknown), ", ".join(METRIC_NAMES)))
+
+    @property
+    def step_size(self):
+        return step_size_rule(self.epsilon, self.attack_iterations, self.attack_step_size)
+
+
+@dataclass
+class BatchResult:
+    """What one batch of the study gives, whichever engine computed it."""
+    image_ids: list
+    labels: np.ndarray
+    targets: np.ndarray
+    predictions: dict                     # perturbation ('clean', 'random', 'adversarial') → (N,)
+    values: dict                          # (perturbation, metric, block_index) → (N, C) array
+    adversarial: np.ndarray               # (N, 3, H, W) model space
+    clean_finite: np.ndarray = None       # (N,) bool: the clean logits and every clean tap are finite
+    timings: dict = field(default_factory=dict)
+    feature_maps: dict = field(default_factory=dict)   # block_index → (3, N, C, H, W) when requested
+
+
+def step_size_rule(epsilon, iterations, step_size=1.0):
+    """α = max(step_size, ε / iterations) in pixel units: Feature Denoising, Sec. 6.1 — "We set its step
+    size α = 1, except for 10-iteration attacks where α is set to ε/10 = 1.6"."""
+    return max(step_size, epsilon / iterations) if iterations > 0 else step_size
+
+
+def random_targets(labels, offsets, num_classes=1000):
+    """Target = (label + offset) mod classes, offset uniform in {1, …, classes − 1}: a uniformly random
+    class other than the label (Feature Denoising, Sec. 6: "the targeted class is selected uniformly at
+    random")."""
+    return (np.asarray(labels, np.int64) + np.asarray(offsets, np.int64)) % num_classes
+
+
+def perturbation_draws(seed, image_ids, image_shape, num_classes=1000, noise="uniform"):
+    """Per-image random draws, keyed by (seed, image id) and independent of batching.
+
+    Returns dict with ``target_offset`` (N,), ``start`` (N, C, H, W) in U(-1, 1) for PGD's random start,
+    and ``random`` (N, C, H, W) for the random perturbation: U(-1, 1) (``noise='uniform'``) or ±1
+    (``noise='sign'``). Both noise arrays are multiplied by ε later.
+    """
+    if noise not in NOISES:
+        raise ValueError("unknown noise {!r}: choose uniform or sign".format(noise))
+    offsets, starts, randoms = [], [], []
+    for image_id in image_ids:
+        rng = np.random.default_rng([seed, int(image_id)])
+        offsets.append(rng.integers(1, num_classes))
+        starts.append(rng.uniform(-1.0, 1.0, image_shape))
+        if noise == "uniform":
+            randoms.append(rng.uniform(-1.0, 1.0, image_shape))
+        else:
+            randoms.append(rng.choice(np.array([-1.0, 1.0]), size=image_shape))
+    return {"target_offset": np.array(offsets, np.int64),
+            "start": np.array(starts, np.float32).reshape((-1,) + tuple(image_shape)),
+            "random": np.array(randoms, np.float32).reshape((-1,) + tuple(image_shape))}
