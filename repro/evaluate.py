@@ -424,14 +424,15 @@ def main(argv=None):
                                                                selection.source if selection else None))
     if args.aggregate_only:
         work.config["data"] = stored_data_source(work, specs, args)
-    else:
-        work.claim()
-    # Refuse batches computed differently before any work (each model's own run checks again).
+    work.check_settings()
+    # Refuse batches computed differently before any work or claim (each model's own run checks again).
     count = len(selection) if selection else args.images
     for spec in specs:
         runner.resume_state(work, spec.name, runner.batch_plan(count, args.batch, args.shard),
                             batch_identity(work, spec, hashes.get(spec.name), selection),
                             recompute_damaged=not args.aggregate_only)
+    if not args.aggregate_only:
+        work.claim()
     timings = defaultdict(float)
     checks = {}
     if not args.aggregate_only:
@@ -506,7 +507,7 @@ def tabled_batches(work, specs, args, count, hashes, selection):
                 "{}: {} of {} batches of the selection ({} images, --batch {}) are not computed (first: {}); run the "
                 "study{} before aggregating, or pass the --images of the run".format(
                     spec.name, len(missing), len(plan), count, args.batch,
-                    work.batch_files(spec.name, *missing[0])[2], " (all its shards)" if args.aggregate_only else ""))
+                    work.batch_files(spec.name, *missing[0])[2].with_suffix(""), " (all its shards)" if args.aggregate_only else ""))
         if missing:
             log.info("%s: the tables hold %d of %d batches so far (the other shards write the rest)", spec.name,
                      len(done), len(plan))

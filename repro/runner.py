@@ -132,22 +132,28 @@ class WorkDirectory:
         self.root = self.out / "work"
         self.config = config
 
+    def check_settings(self):
+        """Refuse when ``config.json`` records other settings than this run's (naming them)."""
+        path = self.root / "config.json"
+        if not path.exists():
+            return
+        try:
+            existing = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise RunConfigMismatch("{} is unreadable ({}): use another --out, or delete it to start over".format(
+                path, error)) from None
+        changes = _differences(existing, self.config)
+        if changes:
+            raise RunConfigMismatch(
+                "{} holds results computed with different settings ({}); use another --out or delete "
+                "it to start over".format(self.root, "; ".join(changes)))
+
     def claim(self):
         """Record this run's settings in ``config.json``, or refuse when the folder holds other ones.
         Call it once the inputs are checked, so that a failed start never locks the folder."""
+        self.check_settings()
         path = self.root / "config.json"
-        if path.exists():
-            try:
-                existing = json.loads(path.read_text())
-            except (OSError, ValueError) as error:
-                raise RunConfigMismatch("{} is unreadable ({}): use another --out, or delete it to start over".format(
-                    path, error)) from None
-            changes = _differences(existing, self.config)
-            if changes:
-                raise RunConfigMismatch(
-                    "{} holds results computed with different settings ({}); use another --out or delete "
-                    "it to start over".format(self.root, "; ".join(changes)))
-        else:
+        if not path.exists():
             atomic_write_text(path, json.dumps(self.config, indent=1, sort_keys=True))
 
     def model_dir(self, model):

@@ -213,21 +213,36 @@ def zoo_sources(model_names=None):
 
 
 def fetch_into(url, directory, file_name=None, expected_sha256=None, progress=True):
-    """Download `url` into `directory` unless the file is already there; print and return its SHA-256."""
+    """Download `url` into `directory` unless the file is already there; print and return its SHA-256.
+
+    A file already there is verified, not trusted: against `expected_sha256` when the zoo knows it, else
+    against the `.sha256` record this script wrote when it downloaded the file (a file changed or
+    truncated since is refused). A file with neither is reported as present but not verified.
+    """
     directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
+    if directory.exists() and not directory.is_dir():
+        raise DownloadError(f"--dir {directory} is a file, not a folder: choose another --dir")
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise DownloadError(f"cannot create --dir {directory}: {error.strerror or error}") from None
     dest_path = directory / (file_name or file_name_from_url(url))
     if dest_path.exists():
+        sha256_hex = file_sha256(dest_path)
         record = sha256_path(dest_path)
-        if record.exists():
-            sha256_hex = record.read_text(encoding="ascii").split()[0]
-        else:
-            sha256_hex = file_sha256(dest_path)
-            write_sha256_record(dest_path, sha256_hex)
+        recorded = record.read_text(encoding="ascii").split()[0] if record.exists() else None
         if expected_sha256 is not None and sha256_hex != expected_sha256.lower():
             raise DownloadError(f"{dest_path} exists but its SHA-256 is {sha256_hex}, expected "
                                 f"{expected_sha256}; delete it and re-run")
-        print(f"{dest_path} already exists; skipped (sha256 {sha256_hex})")
+        if recorded is not None and sha256_hex != recorded:
+            raise DownloadError(f"{dest_path} exists but its SHA-256 {sha256_hex[:12]}… differs from the "
+                                f"{recorded[:12]}… recorded when it was downloaded (changed or damaged since); "
+                                "delete it and re-run")
+        if expected_sha256 is not None or recorded is not None:
+            print(f"{dest_path} already exists and its SHA-256 matches; skipped (sha256 {sha256_hex})")
+        else:
+            print(f"{dest_path} already exists; skipped, NOT verified: no published or recorded SHA-256 to check "
+                  f"it against (sha256 {sha256_hex}; delete it to download it again)")
         return sha256_hex
     sha256_hex = download(url, dest_path, progress=progress, expected_sha256=expected_sha256)
     print(f"{sha256_hex}  {dest_path}")
@@ -258,8 +273,13 @@ def main(argv=None):
     for url, file_name, expected_sha256 in sources:  # one failed model does not stop the others
         try:
             fetch_into(url, args.dir, file_name, expected_sha256, progress=not args.no_progress)
-        except (DownloadError, OSError) as error:  # OSError: the folder or file cannot be written
+        except DownloadError as error:
             print(f"error: {error}", file=sys.stderr)
+            failures += 1
+        except OSError as error:  # the folder or file cannot be written (permissions, a full disk)
+            where = f" ({error.filename})" if error.filename else ""
+            print(f"error: cannot write the download{where}: {error.strerror or error}; re-run the same command "
+                  "once that is fixed (a partial download resumes)", file=sys.stderr)
             failures += 1
         except KeyboardInterrupt:
             print("error: interrupted; re-run the same command to resume", file=sys.stderr)

@@ -1,4 +1,4 @@
-"""Shared fixtures: the checkpoint manifest from ../shared/, small architectures, synthetic checkpoints."""
+"""Shared fixtures: the checkpoint manifest (third_party/), small architectures, synthetic checkpoints."""
 import json
 import os
 from pathlib import Path
@@ -8,13 +8,16 @@ import pytest
 from repro import zoo
 
 REPO = Path(__file__).resolve().parent.parent
-MANIFEST = Path(os.environ.get("REPRO_MANIFEST", REPO.parent / "shared" / "checkpoint_manifest.json"))
+MANIFEST = Path(os.environ.get("REPRO_MANIFEST", REPO / "third_party" / "checkpoint_manifest.json"))
 
 
 @pytest.fixture(scope="session")
 def manifest():
+    """The released checkpoints' names and shapes. Missing is a failure, not a skip: the tests that use it
+    are the only check that the models load the real checkpoints."""
     if not MANIFEST.is_file():
-        pytest.skip("checkpoint manifest not found at {} (set REPRO_MANIFEST)".format(MANIFEST))
+        pytest.fail("checkpoint manifest not found at {} (it ships in third_party/; $REPRO_MANIFEST overrides "
+                    "it)".format(MANIFEST))
     return json.loads(MANIFEST.read_text())["models"]
 
 

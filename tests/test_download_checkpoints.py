@@ -188,15 +188,44 @@ def test_part_longer_than_the_file_restarts_from_zero(server, tmp_path, capsys):
     assert (tmp_path / "file.npz").read_bytes() == CONTENT
 
 
-def test_existing_file_is_skipped(server, tmp_path, capsys):
+def test_existing_file_without_a_checksum_is_skipped_and_said_to_be_unverified(server, tmp_path, capsys):
     base, state = server
     (tmp_path / "file.npz").write_bytes(b"already here")
     code, out, _ = run_main(f"{base}/file.npz", tmp_path, capsys)
     assert code == 0
     assert state.range_headers == []
-    assert "already exists; skipped" in out
+    assert "already exists; skipped, NOT verified" in out
     assert (tmp_path / "file.npz").read_bytes() == b"already here"
     assert hashlib.sha256(b"already here").hexdigest() in out
+
+
+def test_existing_file_is_checked_against_its_download_record(server, tmp_path, capsys):
+    """A completed download is re-hashed on the next run: intact → skipped, changed since → refused."""
+    base, state = server
+    assert run_main(f"{base}/file.npz", tmp_path, capsys)[0] == 0
+    code, out, _ = run_main(f"{base}/file.npz", tmp_path, capsys)
+    assert code == 0 and "already exists and its SHA-256 matches" in out
+    with open(tmp_path / "file.npz", "r+b") as stream:            # truncated after the download
+        stream.truncate(len(CONTENT) // 2)
+    code, _, err = run_main(f"{base}/file.npz", tmp_path, capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1
+    assert "differs from the" in err and "recorded when it was downloaded" in err and "delete it" in err
+
+
+def test_existing_file_is_checked_against_a_known_checksum(tmp_path):
+    (tmp_path / "file.npz").write_bytes(b"not the release")
+    with pytest.raises(dl.DownloadError, match="expected 0000"):
+        dl.fetch_into("http://127.0.0.1:9/file.npz", tmp_path, expected_sha256="0" * 64, progress=False)
+
+
+def test_a_bad_dir_is_one_clear_line(tmp_path, capsys):
+    a_file = tmp_path / "plain"
+    a_file.write_text("x")
+    code, _, err = run_main("http://127.0.0.1:9/file.npz", a_file, capsys)
+    assert code == 1 and err.strip() == f"error: --dir {a_file} is a file, not a folder: choose another --dir"
+    code, _, err = run_main("http://127.0.0.1:9/file.npz", a_file / "sub", capsys)
+    assert code == 1 and len(err.strip().splitlines()) == 1 and "[Errno" not in err
+    assert f"cannot create --dir {a_file / 'sub'}" in err
 
 
 def test_wrong_expected_sha256_leaves_no_file(server, tmp_path):

@@ -32,6 +32,10 @@ def setup(tmp_path_factory):
     zoo.ZOOS.pop("test", None)
 
 
+needs_mini_resnet = pytest.mark.skipif(not cli.checkpoint_path(zoo.get_model("ResNet", "mini")).is_file(),
+                                       reason="the miniature ResNet checkpoint is not in mini_zoo/")
+
+
 def run(base, out, *extra, models=("TinyResNet", "TinyX")):
     argv = ["--model", *models, "--zoo", "test", "--data", str(base / "data"), "--images", "5", "--batch", "2",
             "--attack-iter", "3", "--out", str(out),
@@ -229,3 +233,258 @@ def test_a_failing_worker_is_one_line_naming_it_and_its_log(tmp_path, capsys, mo
     assert status == 1 and len(errors) == 1, errors
     assert "worker 0/2 failed" in errors[0] and "injected failure of worker 0" in errors[0]
     assert "worker-0-of-2.log" in errors[0] and "re-run the same command to resume" in errors[0]
+
+
+# --- results you can trust: nothing mixed, nothing broken passes, every failure one line -------------------
+
+def damaged_copy(source, path, change):
+    """A copy of checkpoint ``source`` with ``change(arrays)`` applied."""
+    arrays = dict(checkpoints.read_checkpoint(source).arrays)
+    change(arrays)
+    return checkpoints.save_checkpoint(arrays, path)
+
+
+def test_another_checkpoint_into_a_finished_out_is_refused_naming_the_batch(setup, first_run, tmp_path, capsys):
+    base, specs, reference = first_run
+    other = write_synthetic_checkpoint(specs[0], tmp_path / "TinyResNet-other.npz", seed=2)
+    argv = ["--model", "TinyResNet", "--zoo", "test", "--data", str(base / "data"), "--images", "5", "--batch", "2",
+            "--attack-iter", "3", "--out", str(base / "out"), "--load", str(other)]
+    capsys.readouterr()
+    assert cli.run_main(evaluate.main, argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "TinyResNet/batch-000000-000001.json was computed differently" in err
+    assert "model.checkpoint_sha256: {}…".format(checkpoints.sha256_of(base / "checkpoints" / "TinyResNet.npz")[:12]) in err
+    pd.testing.assert_frame_equal(tables(base / "out")["blocks.csv"], reference["blocks.csv"])
+
+
+def test_leftover_batches_of_other_settings_are_never_adopted(setup, first_run, capsys):
+    """--out lost its config.json (deleted mid-run): a run with other settings must not adopt its batches."""
+    base, _, _ = first_run
+    out = base / "orphaned"
+    assert run(base, out, models=("TinyResNet",)) == 0
+    (out / "work" / "config.json").unlink()
+    capsys.readouterr()
+    assert run(base, out, "--attack-iter", "4", models=("TinyResNet",)) == 2
+    err = capsys.readouterr().err
+    assert "batch-000000-000001.json was computed differently" in err and "attack_iterations: 3 → 4" in err
+    assert not (out / "work" / "config.json").exists()                  # refused before claiming anything
+
+
+def test_non_finite_options_are_refused(setup, capsys):
+    for option, value in (("--attack-epsilon", "nan"), ("--attack-step-size", "inf"), ("--ssim-data-range", "nan")):
+        with pytest.raises(SystemExit):
+            evaluate.parse_args(["--model", "ResNet", option, value])
+        assert "not a finite number" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("variable,value,message", [
+    ("group0/block0/conv1/bn/variance/EMA", np.nan, "holds 1 non-finite value(s)"),
+    ("linear/W", np.inf, "holds 1 non-finite value(s)"),
+    ("group1/block0/conv2/bn/variance/EMA", -1.0, "holds 1 negative value(s), impossible for a BatchNorm variance"),
+])
+def test_a_checkpoint_with_impossible_weights_is_refused_naming_the_variable(setup, tmp_path, capsys, variable, value,
+                                                                              message):
+    base, _ = setup
+
+    def damage(arrays):
+        arrays[variable] = arrays[variable].copy()
+        arrays[variable].flat[0] = value
+    bad = damaged_copy(base / "checkpoints" / "TinyResNet.npz", tmp_path / "bad.npz", damage)
+    status = cli.run_main(evaluate.main, ["--model", "TinyResNet", "--zoo", "test", "--data", str(base / "data"),
+                                          "--images", "2", "--attack-iter", "1", "--out", str(tmp_path / "o"),
+                                          "--load", str(bad)])
+    err = capsys.readouterr().err.strip()
+    assert status == 1 and len(err.splitlines()) == 1 and variable in err and message in err
+    assert not (tmp_path / "o").exists()                                  # nothing claimed, nothing written
+
+
+def test_non_finite_clean_logits_stop_the_run_before_any_batch(setup, tmp_path, capsys):
+    """Finite but absurd weights (an overflowing classifier) give inf/NaN logits: one line, no tables."""
+    base, _ = setup
+    bad = damaged_copy(base / "checkpoints" / "TinyResNet.npz", tmp_path / "overflow.npz",
+                       lambda arrays: arrays.update({"linear/W": np.full_like(arrays["linear/W"], 3e38)}))
+    status = cli.run_main(evaluate.main, ["--model", "TinyResNet", "--zoo", "test", "--data", str(base / "data"),
+                                          "--images", "2", "--attack-iter", "1", "--out", str(tmp_path / "o"),
+                                          "--load", str(bad), "--no-check"])
+    err = capsys.readouterr().err.strip()
+    assert status == 1 and "the clean forward pass gives non-finite logits for 2 of 2 image(s)" in err
+    assert not (tmp_path / "o" / "blocks.csv").exists() and not list((tmp_path / "o").glob("work/*/batch-*"))
+
+
+def test_another_data_folder_or_another_image_list_is_refused(setup, first_run, tmp_path, capsys):
+    import shutil
+    base, _, _ = first_run
+    copy = tmp_path / "data-copy"
+    shutil.copytree(base / "data", copy)
+    argv = ["--model", "TinyResNet", "--zoo", "test", "--images", "5", "--batch", "2", "--attack-iter", "3",
+            "--out", str(base / "out"), "--load", str(base / "checkpoints" / "TinyResNet.npz")]
+    capsys.readouterr()
+    assert cli.run_main(evaluate.main, argv + ["--data", str(copy)]) == 2
+    assert "different settings (data.folder: {}".format((base / "data" / "val").resolve()) in capsys.readouterr().err
+    write_images(base / "data" / "val" / load_class_index()[8][0], [(70, 70)], seed=9)    # one more class
+    try:
+        assert cli.run_main(evaluate.main, argv + ["--data", str(base / "data")]) == 2
+        assert "data.images_in_folder: 12 → 13" in capsys.readouterr().err
+    finally:
+        shutil.rmtree(base / "data" / "val" / load_class_index()[8][0])
+
+
+def test_the_tables_describe_exactly_the_requested_images_when_the_selection_grows_or_shrinks(setup, first_run):
+    """5 → 6 images re-plans the partial last batch (image 4 counted once); 6 → 3 tables only images 0-2."""
+    base, _, _ = first_run
+    out = base / "resized"
+    assert run(base, out, models=("TinyResNet",)) == 0
+    for count in ("6", "3"):
+        argv = ["--model", "TinyResNet", "--zoo", "test", "--data", str(base / "data"), "--images", count,
+                "--batch", "2", "--attack-iter", "3", "--load", str(base / "checkpoints" / "TinyResNet.npz")]
+        assert cli.run_main(evaluate.main, argv + ["--out", str(out)]) == 0
+        assert cli.run_main(evaluate.main, argv + ["--out", str(base / ("fresh" + count))]) == 0
+        grown, fresh = tables(out), tables(base / ("fresh" + count))
+        assert (grown["blocks.csv"].n_images == int(count)).all()
+        assert sorted(grown["images.csv"].image) == list(range(int(count)))
+        pd.testing.assert_frame_equal(grown["blocks.csv"], fresh["blocks.csv"], check_exact=False, rtol=1e-9)
+        manifest = json.loads((out / "manifest.json").read_text())
+        assert manifest["images_selected"] == int(count) and manifest["images_studied_total"] == int(count)
+
+
+def test_aggregate_only_keeps_the_provenance_and_refuses_what_is_missing_or_damaged(setup, first_run, capsys):
+    import shutil
+    base, _, reference = first_run
+    out = base / "aggregated"
+    shutil.copytree(base / "out", out)
+    argv = ["--model", "TinyResNet", "TinyX", "--zoo", "test", "--images", "5", "--batch", "2", "--attack-iter", "3",
+            "--out", str(out), "--aggregate-only"]
+    assert cli.run_main(evaluate.main, argv) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["models"]["TinyX"]["sha256"] == checkpoints.sha256_of(base / "checkpoints" / "TinyX.npz")
+    assert manifest["images_studied_total"] == 10 and manifest["batches"]["TinyX"] == {"planned": 3, "in_tables": 3}
+    pd.testing.assert_frame_equal(tables(out)["blocks.csv"], reference["blocks.csv"])
+
+    capsys.readouterr()
+    more = [("7" if previous == "--images" else value) for previous, value in zip([None] + argv, argv)]
+    assert cli.run_main(evaluate.main, more) == 1                                   # --images 7: not computed
+    assert "TinyResNet: 2 of 4 batches of the selection (7 images, --batch 2) are not computed (first: " in capsys.readouterr().err
+    npz = out / "work" / "TinyX" / "batch-000002-000003.npz"
+    npz.write_bytes(npz.read_bytes()[:-10])
+    assert cli.run_main(evaluate.main, argv) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "batch-000002-000003.npz: its SHA-256 differs" in err and "re-run" in err
+
+
+def test_a_damaged_batch_is_recomputed_on_resume(setup, first_run, caplog):
+    import shutil
+    base, _, reference = first_run
+    out = base / "damaged"
+    shutil.copytree(base / "out", out)
+    npz = out / "work" / "TinyResNet" / "batch-000002-000003.npz"
+    npz.write_bytes(b"PK\x03\x04 truncated")
+    assert run(base, out) == 0
+    assert "batch-000002-000003.npz: its SHA-256 differs" in caplog.text and "recomputing that batch" in caplog.text
+    for name in ("blocks.csv", "images.csv", "summary.csv"):
+        pd.testing.assert_frame_equal(tables(out)[name], reference[name], check_exact=False, rtol=1e-9)
+
+
+def test_file_system_errors_are_one_line_and_keep_what_was_committed(setup, tmp_path, capsys, monkeypatch):
+    import errno
+    base, _ = setup
+    a_file = tmp_path / "plain"
+    a_file.write_text("x")
+    assert run(base, a_file, models=("TinyResNet",)) == 2
+    assert capsys.readouterr().err.strip() == "error: --out {} is a file, not a folder: choose another --out".format(a_file)
+    assert run(base, a_file / "sub", models=("TinyResNet",)) == 2
+    assert "cannot be created: {} is a file".format(a_file) in capsys.readouterr().err
+
+    real_access = evaluate.cli.os.access
+    monkeypatch.setattr(evaluate.cli.os, "access", lambda path, mode: False if str(path) == str(tmp_path) else
+                        real_access(path, mode))
+    assert run(base, tmp_path / "ro", models=("TinyResNet",)) == 2
+    assert "is not writable" in capsys.readouterr().err
+    monkeypatch.undo()
+
+    from repro import aggregate
+    calls = {"n": 0}
+    real_save = aggregate.BlockStatistics.save
+
+    def disk_full_on_second_batch(self, path):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise OSError(errno.ENOSPC, "No space left on device", str(path))
+        return real_save(self, path)
+    monkeypatch.setattr(aggregate.BlockStatistics, "save", disk_full_on_second_batch)
+    out = tmp_path / "full"
+    assert run(base, out, models=("TinyResNet",)) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if "Error" in line or "error" in line]
+    assert len(errors) == 1 and errors[0].startswith("error: No space left on device (") and "free some space" in errors[0]
+    assert [p.name for p in (out / "work" / "TinyResNet").glob("batch-*.json")] == ["batch-000000-000001.json"]
+
+
+def test_a_failed_start_does_not_lock_the_folder(setup, tmp_path, capsys):
+    base, _ = setup
+    out = tmp_path / "o"
+    common = ["--model", "TinyResNet", "--zoo", "test", "--data", str(base / "data"), "--images", "2", "--batch", "2",
+              "--attack-iter", "1", "--out", str(out)]
+    assert cli.run_main(evaluate.main, common + ["--load", str(base / "checkpoints" / "TinyX.npz")]) == 1
+    assert "is a TinyX" in capsys.readouterr().err and not out.exists()
+    assert cli.run_main(evaluate.main, common + ["--load", str(base / "checkpoints" / "TinyResNet.npz")]) == 0
+
+
+def test_help_and_bad_arguments_need_no_tensorflow():
+    """Parsing comes first: --help answers without importing TensorFlow (about 0.3 s instead of 4–8 s)."""
+    import subprocess
+    import sys
+    for script in ("evaluate", "validate", "predict"):
+        code = ("import sys; sys.argv = ['x', '--help']; from repro import cli, {0}\n"
+                "try:\n    cli.run_main({0}.main, ['--help'])\nexcept SystemExit:\n    pass\n"
+                "assert 'tensorflow' not in sys.modules and 'tensorpack' not in sys.modules, sorted(sys.modules)"
+                ).format(script)
+        result = subprocess.run([sys.executable, "-c", code], cwd=str(zoo.REPO_ROOT), capture_output=True, text=True,
+                                timeout=60)
+        assert result.returncode == 0, (script, result.stderr[-2000:])
+
+
+def test_tensorflow_native_log_lines_follow_tf_cpp_min_log_level():
+    import os
+    import subprocess
+    import sys
+    outputs = {}
+    for level in ("0", "3"):
+        result = subprocess.run([sys.executable, "-c", "import repro.tfcompat"], cwd=str(zoo.REPO_ROOT),
+                                capture_output=True, text=True, timeout=120,
+                                env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL=level))
+        assert result.returncode == 0, result.stderr[-2000:]
+        outputs[level] = result.stderr
+    assert outputs["3"].strip() == ""
+    assert "oneDNN custom operations" in outputs["0"]          # the lines exist: the filter is what hides them
+
+
+def test_a_metric_choice_without_the_papers_four_draws_its_own_figure_without_warnings(setup, tmp_path, recwarn, caplog):
+    base, _ = setup
+    out = tmp_path / "mse"
+    assert cli.run_main(evaluate.main, ["--model", "TinyResNet", "--zoo", "test", "--data", str(base / "data"),
+                                        "--images", "2", "--batch", "2", "--attack-iter", "0", "--metrics", "mse",
+                                        "--attack-epsilon", "1000", "--out", str(out),
+                                        "--load", str(base / "checkpoints" / "TinyResNet.npz")]) == 0
+    assert not [w for w in recwarn if "panel" in str(w.message) or "plots" in str(w.filename)]
+    assert (out / "fig5_2.png").stat().st_size > 0
+    assert "--attack-epsilon 1000 is above 255" in caplog.text
+
+
+@needs_mini_resnet
+def test_the_clean_accuracy_guard_stops_a_broken_checkpoint_and_no_check_passes_it(tmp_path, capsys, caplog):
+    spec = zoo.get_model("ResNet", "mini")
+    rng = np.random.default_rng(0)
+
+    def scramble(arrays):                                  # scrambled BatchNorm statistics: a broken network
+        for name in list(arrays):
+            if name.endswith("/mean/EMA") or name.endswith("/variance/EMA"):
+                arrays[name] = rng.permutation(arrays[name]) * (3.0 if name.endswith("mean/EMA") else 1.0)
+    damaged = damaged_copy(cli.checkpoint_path(spec), tmp_path / "scrambled.npz", scramble)
+    argv = ["--zoo", "mini", "--model", "ResNet", "--load", str(damaged), "--images", "100", "--batch", "50",
+            "--attack-iter", "0", "--metrics", "mse"]
+    assert cli.run_main(evaluate.main, argv + ["--out", str(tmp_path / "stopped")]) == 2
+    err = capsys.readouterr().err
+    assert "far below the published 76.4%" in err and "pass --no-check" in err
+    assert not list((tmp_path / "stopped").glob("work/*/batch-*"))
+    assert cli.run_main(evaluate.main, argv + ["--out", str(tmp_path / "checked"), "--no-check"]) == 0
+    assert "far below the published" in caplog.text
+    assert pd.read_csv(tmp_path / "checked" / "summary.csv").n_images.eq(100).all()
