@@ -30,32 +30,40 @@ def finite_float(text):
     return value
 
 
-def check_writable_folder(path, option="--out"):
-    """Raise UsageError unless ``path`` is, or can be created as, a folder this process may write in.
-    Creates nothing: a run whose inputs turn out to be bad leaves no trace."""
+def _unwritable_folder(path):
+    """Why a folder cannot be written at ``path`` (it need not exist yet), or None when it can."""
     path = Path(path)
     if path.exists() and not path.is_dir():
-        raise UsageError("{} {} is a file, not a folder: choose another {}".format(option, path, option))
+        return "{} is a file, not a folder".format(path)
     existing = path
     while not existing.exists():
         if existing.is_symlink():
-            raise UsageError("{} {}: {} is a broken symbolic link".format(option, path, existing))
+            return "{} is a broken symbolic link".format(existing)
         existing = existing.parent
     if not existing.is_dir():
-        raise UsageError("{} {} cannot be created: {} is a file".format(option, path, existing))
+        return "{} is a file, not a folder".format(existing)
     if not os.access(existing, os.W_OK | os.X_OK):
-        raise UsageError("{} {} is not writable ({} does not allow this user to write): choose another {}".format(
-            option, path, existing, option))
+        return "{} is not writable by this user".format(existing)
+    return None
+
+
+def check_writable_folder(path, option="--out"):
+    """Raise UsageError unless ``path`` is, or can be created as, a folder this process may write in.
+    Creates nothing: a run whose inputs turn out to be bad leaves no trace."""
+    problem = _unwritable_folder(path)
+    if problem:
+        raise UsageError("{} {}: {}; choose another {}".format(option, path, problem, option))
 
 
 def check_writable_file(path, option):
     """Raise UsageError unless a file can be written at ``path`` (its folder exists or can be made)."""
     path = Path(path)
-    if path.is_dir():
-        raise UsageError("{} {} is a folder: give a file name".format(option, path))
-    check_writable_folder(path.parent if str(path.parent) else Path("."), option)
-    if path.exists() and not os.access(path, os.W_OK):
-        raise UsageError("{} {} exists and is not writable".format(option, path))
+    problem = ("{} is a folder: give a file name".format(path) if path.is_dir() else
+               _unwritable_folder(path.parent) or (
+                   "{} exists and is not writable".format(path) if path.exists() and not os.access(path, os.W_OK)
+                   else None))
+    if problem:
+        raise UsageError("{} {}: {}".format(option, path, problem))
 
 
 def os_error_message(error):

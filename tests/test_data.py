@@ -415,3 +415,24 @@ def test_to_uint8_images_inverts_to_model_space():
     outside = np.full((1, 3, 1, 1), 1.5, np.float32)
     assert (data.to_uint8_images(outside) == 255).all()
     assert data.to_uint8_images(np.full((1, 3, 1, 1), 2 * 10.2 / 255 - 1, np.float32))[0, 0, 0, 0] == 10
+
+
+def test_only_regular_files_are_read_and_links_are_named_for_what_they_are(tmp_path):
+    """A named pipe would block the reader forever; a link loop is not 'no such file'."""
+    import os
+    import signal
+    from repro import data
+    os.mkfifo(tmp_path / "pipe.JPEG")
+    (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
+    (tmp_path / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    signal.alarm(60)
+    try:
+        for name, reason in (("pipe.JPEG", "not a regular file (a named pipe)"), ("loop.png", "a loop of symbolic links"),
+                             ("dangling.png", "a broken symbolic link"), ("absent.png", "no such file")):
+            with pytest.raises(data.UnreadableImageError) as error:
+                data.read_image_bgr(tmp_path / name)
+            assert error.value.reason == reason
+        assert sorted(p.name for p in data.list_image_files(tmp_path)) == ["dangling.png", "loop.png", "pipe.JPEG"]
+        assert data.list_image_files(tmp_path / "loop.png") == [tmp_path / "loop.png"]   # reported by the reader
+    finally:
+        signal.alarm(0)

@@ -390,15 +390,15 @@ def test_file_system_errors_are_one_line_and_keep_what_was_committed(setup, tmp_
     a_file = tmp_path / "plain"
     a_file.write_text("x")
     assert run(base, a_file, models=("TinyResNet",)) == 2
-    assert capsys.readouterr().err.strip() == "error: --out {} is a file, not a folder: choose another --out".format(a_file)
+    assert capsys.readouterr().err.strip() == "error: --out {0}: {0} is a file, not a folder; choose another --out".format(a_file)
     assert run(base, a_file / "sub", models=("TinyResNet",)) == 2
-    assert "cannot be created: {} is a file".format(a_file) in capsys.readouterr().err
+    assert "error: --out {}: {} is a file, not a folder".format(a_file / "sub", a_file) in capsys.readouterr().err
 
     real_access = evaluate.cli.os.access
     monkeypatch.setattr(evaluate.cli.os, "access", lambda path, mode: False if str(path) == str(tmp_path) else
                         real_access(path, mode))
     assert run(base, tmp_path / "ro", models=("TinyResNet",)) == 2
-    assert "is not writable" in capsys.readouterr().err
+    assert "error: --out {}: {} is not writable by this user".format(tmp_path / "ro", tmp_path) in capsys.readouterr().err
     monkeypatch.undo()
 
     from repro import aggregate

@@ -60,3 +60,62 @@ def test_missing_checkpoint_is_one_clear_message(tmp_path, capsys):
     err = capsys.readouterr().err
     assert status == 2
     assert "checkpoint for ResNet not found" in err and "download_checkpoints.py --model ResNet" in err
+
+
+def test_outputs_are_checked_before_any_work_and_written_all_or_none(tmp_path, capsys, monkeypatch):
+    from repro.cli import run_main
+    spec = tiny_spec("resnet")
+    from repro import zoo
+    zoo.ZOOS["test"] = {spec.name: spec}
+    try:
+        checkpoint = write_synthetic_checkpoint(spec, tmp_path / "tiny.npz")
+        write_images(tmp_path / "in", [(64, 64), (70, 80)])
+        a_file = tmp_path / "plain"
+        a_file.write_text("x")
+        argv = ["--model", spec.name, "--zoo", "test", "--load", str(checkpoint), "--input", str(tmp_path / "in")]
+        called = []
+        monkeypatch.setattr(predict, "predict", lambda *a, **k: called.append(1))
+        assert run_main(predict.main, argv + ["--output", str(a_file / "p.csv")]) == 2
+        assert capsys.readouterr().err == "error: --output {}: {} is a file, not a folder\n".format(a_file / "p.csv", a_file)
+        assert run_main(predict.main, argv + ["--save-logits", str(tmp_path)]) == 2
+        assert "--save-logits {0}: {0} is a folder: give a file name".format(tmp_path) in capsys.readouterr().err
+        assert not called                                                   # refused before classifying
+        monkeypatch.undo()
+
+        def logits_fail(stream, array):
+            raise OSError(28, "No space left on device", "logits.npy")
+        monkeypatch.setattr(predict.np, "save", logits_fail)
+        out = tmp_path / "out.csv"
+        assert run_main(predict.main, argv + ["--output", str(out), "--save-logits", str(tmp_path / "l.npy")]) == 1
+        assert "No space left on device" in capsys.readouterr().err
+        assert not out.exists() and not (tmp_path / "l.npy").exists() and not list(tmp_path.glob(".*.tmp"))
+    finally:
+        zoo.ZOOS.pop("test", None)
+
+
+def test_every_image_unreadable_gives_a_csv_with_its_header_and_a_named_pipe_does_not_hang(tmp_path, capsys):
+    import os
+    import signal
+    from repro.cli import run_main
+    spec = tiny_spec("resnet")
+    from repro import zoo
+    zoo.ZOOS["test"] = {spec.name: spec}
+    signal.alarm(120)                                  # a hang fails the test instead of blocking the suite
+    try:
+        checkpoint = write_synthetic_checkpoint(spec, tmp_path / "tiny.npz")
+        (tmp_path / "in").mkdir()
+        os.mkfifo(tmp_path / "in" / "pipe.png")
+        (tmp_path / "in" / "loop.jpg").symlink_to(tmp_path / "in" / "loop.jpg")
+        out = tmp_path / "out.csv"
+        status = run_main(predict.main, ["--model", spec.name, "--zoo", "test", "--load", str(checkpoint),
+                                         "--input", str(tmp_path / "in"), "--output", str(out)])
+        assert status == 1
+        assert list(pd.read_csv(out).columns)[:4] == ["path", "class_1", "name_1", "prob_1"] and len(pd.read_csv(out)) == 0
+        reasons = dict(pd.read_csv(out.with_suffix(".skipped.csv")).itertuples(index=False))
+        assert reasons == {str(tmp_path / "in" / "loop.jpg"): "a loop of symbolic links",
+                           str(tmp_path / "in" / "pipe.png"): "not a regular file (a named pipe)"}
+        err = capsys.readouterr().err
+        assert err.count("pipe.png") == 1 and "skipped 2 unreadable image(s)" in err
+    finally:
+        signal.alarm(0)
+        zoo.ZOOS.pop("test", None)

@@ -315,3 +315,16 @@ def test_full_size_resnet152_batch(synthetic_imagenet_checkpoint):
             # MSE = ‖A − B‖²_F / (H·W), channel by channel
             np.testing.assert_allclose(out.values[(perturbation, "mse", tap.block_index)] * tap.height * tap.width,
                                        out.values[(perturbation, "frobenius", tap.block_index)] ** 2, rtol=1e-9)
+
+
+def test_clean_finite_flags_each_image_whose_clean_logits_or_maps_are_not_finite(spec, checkpoint, images, result):
+    """The flag the runner stops on: all True for a working network; False where a clean map overflows."""
+    assert result.clean_finite.dtype == bool and result.clean_finite.tolist() == [True] * 4
+    arrays = dict(checkpoint.arrays)
+    arrays["conv0/W"] = np.full_like(arrays["conv0/W"], 3e38)       # finite weights, overflowing maps
+    broken = StudyGraph(spec, checkpoints.Checkpoint(None, "overflow", arrays), dataclasses.replace(CONFIG, attack_iterations=0))
+    try:
+        flags = broken.run_batch(images[0], images[1], IMAGE_IDS).clean_finite
+    finally:
+        broken.close()
+    assert flags.tolist() == [False] * 4

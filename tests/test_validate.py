@@ -106,9 +106,58 @@ def test_an_interrupted_validation_continues_where_it_stopped(tmp_path, monkeypa
     assert cli.run_main(validate.main, argv) == 130
     assert len(list(tmp_path.glob("work/*/batch-*.csv"))) == 2
     monkeypatch.setattr(classifier.Classifier, "predict_logits", original)
-    assert cli.run_main(validate.main, argv) == 0
+    resumed = [("30" if previous == "--batch" else value) for previous, value in zip([None] + argv, argv)]
+    assert cli.run_main(validate.main, resumed) == 0                         # another --batch: no image twice
     table = pd.read_csv(tmp_path / "validate-mini-k0.csv")
     assert table.n.eq(100).all()
     reference = tmp_path / "fresh"
     assert cli.run_main(validate.main, argv[:-1] + [str(reference)]) == 0
     pd.testing.assert_frame_equal(table, pd.read_csv(reference / "validate-mini-k0.csv"))
+
+
+@needs_mini
+def test_records_of_another_checkpoint_limit_or_batch_are_never_reused_or_double_counted(tmp_path, capsys):
+    """Checkpoint A then a damaged B into the same --out: B gets its own numbers (and FAILs). A smaller
+    --limit with another --batch reports exactly its images, equal to a fresh run."""
+    spec = zoo.get_model("ResNet", "mini")
+    rng = np.random.default_rng(0)
+    arrays = dict(checkpoints.read_checkpoint(zoo.REPO_ROOT / "mini_zoo" / spec.checkpoint).arrays)
+    for name in list(arrays):
+        if name.endswith("/mean/EMA") or name.endswith("/variance/EMA"):
+            arrays[name] = rng.permutation(arrays[name])
+    damaged = checkpoints.save_checkpoint(arrays, tmp_path / "damaged.npz")
+    out = tmp_path / "o"
+
+    def table(*extra, where=out):
+        status = cli.run_main(validate.main, ["--zoo", "mini", "--model", "ResNet", "--out", str(where), *extra])
+        return status, pd.read_csv(where / "validate-mini-k0.csv").set_index("quantity")
+
+    status, good = table("--limit", "300", "--batch", "100")
+    assert status == 0 and good.loc["top1_error", "verdict"] == "PASS"
+    status, bad = table("--limit", "300", "--batch", "100", "--load", str(damaged))
+    assert status == 1 and bad.loc["top1_error", "verdict"] == "FAIL"
+    assert bad.loc["top1_error", "count"] != good.loc["top1_error", "count"]
+
+    status, smaller = table("--limit", "120", "--batch", "70")             # a prefix, another batch size
+    _, fresh = table("--limit", "120", "--batch", "50", where=tmp_path / "fresh")
+    assert smaller.loc["top1_error", "n"] == 120
+    pd.testing.assert_frame_equal(smaller, fresh)
+    folders = sorted(out.glob("work/mini-ResNet-k0-*"))
+    assert len(folders) == 2                                                  # one per checkpoint
+    for folder in folders:
+        records = pd.concat(pd.read_csv(p) for p in folder.glob("batch-*.csv"))
+        assert len(records) == records.image.nunique() == 300                # each image once
+
+
+@needs_mini
+def test_a_validation_folder_is_keyed_on_what_determines_its_records(tmp_path):
+    from repro import runner
+    spec = zoo.get_model("ResNet", "mini")
+    selection = runner.image_selection(spec, None, 10)
+    one = validate.validation_identity(spec, "11" * 32, selection, 10, seed=0)
+    for other in (validate.validation_identity(spec, "22" * 32, selection, 10, seed=0),
+                  validate.validation_identity(spec, "11" * 32, selection, 10, seed=1),
+                  validate.validation_identity(spec, "11" * 32, selection, 100, seed=0)):
+        assert validate.Progress(tmp_path, one).directory != validate.Progress(tmp_path, other).directory
+    assert validate.Progress(tmp_path, one).directory == validate.Progress(
+        tmp_path, validate.validation_identity(spec, "11" * 32, runner.image_selection(spec, None, 20), 10, 0)).directory
