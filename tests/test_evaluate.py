@@ -488,3 +488,77 @@ def test_the_clean_accuracy_guard_stops_a_broken_checkpoint_and_no_check_passes_
     assert cli.run_main(evaluate.main, argv + ["--out", str(tmp_path / "checked"), "--no-check"]) == 0
     assert "far below the published" in caplog.text
     assert pd.read_csv(tmp_path / "checked" / "summary.csv").n_images.eq(100).all()
+
+
+@pytest.mark.skipif(not cli.checkpoint_path(zoo.get_model("ResNetDenoise", "mini")).is_file(),
+                    reason="the miniature ResNetDenoise checkpoint is not in mini_zoo/")
+def test_blocks_csv_rows_recomputed_independently_from_the_tapped_maps(tmp_path):
+    """Through the command line (sign noise, denoised taps, SSIM range of the clean map, --save-adv): every
+    blocks.csv row equals the mean over images of the channel-mean metric computed here with NumPy,
+    scikit-image and image-similarity-measures from the maps of the clean image, the sign-noise image and
+    the saved adversarial image — whose label and target are those of images.csv."""
+    import image_similarity_measures.quality_metrics as ism
+    from skimage.metrics import structural_similarity
+
+    from repro import minidata, protocol
+    from repro.data import to_model_space
+    from repro.models import model_function
+    from repro.tfcompat import tf
+
+    spec = zoo.get_model("ResNetDenoise", "mini")
+    out, adv_dir, count = tmp_path / "out", tmp_path / "adv", 3
+    assert cli.run_main(evaluate.main, [
+        "--zoo", "mini", "--model", "ResNetDenoise", "--images", str(count), "--batch", "2", "--attack-iter", "2",
+        "--noise", "sign", "--tap", "denoised", "--ssim-data-range", "reference", "--save-adv", str(adv_dir),
+        "--metrics", "frobenius,mse,sre,ssim,cosine", "--out", str(out)]) == 0
+    blocks, images = pd.read_csv(out / "blocks.csv"), pd.read_csv(out / "images.csv").set_index("image")
+    assert "group0_denoise/add" in set(blocks.tap) and "group0/block0/block_output" in set(blocks.tap)
+
+    pixels, labels = minidata.load_split("test")
+    clean = to_model_space(pixels[:count])
+    noise = protocol.perturbation_draws(0, range(count), clean.shape[1:], 10, "sign")["random"]
+    randomised = np.clip(clean + noise * np.float32(16 * 2 / 255), -1, 1)
+    adversarial = np.stack([np.load(adv_dir / "ResNetDenoise" / "{:06d}.npy".format(i)) for i in range(count)])
+    for image in range(count):
+        saved = json.loads((adv_dir / "ResNetDenoise" / "{:06d}.json".format(image)).read_text())
+        assert (saved["label"], saved["target"]) == (labels[image], images.loc[image, "target"])
+        assert np.abs(adversarial[image] - clean[image]).max() <= 16 * 2 / 255 + 1e-6
+
+    graph = tf.Graph()                                  # the model alone in a graph of its own, no study ops
+    with graph.as_default():
+        inputs = tf.placeholder(tf.float32, [None, 3, 32, 32])
+        logits = model_function(spec)(inputs)
+        session = tf.Session()
+    checkpoints.restore(session, checkpoints.read_checkpoint(cli.checkpoint_path(spec)), spec)
+    fetches = {tap: graph.get_tensor_by_name(tap + ":0") for tap in set(blocks.tap)}
+    maps = {name: session.run({**fetches, "logits": logits}, {inputs: batch})
+            for name, batch in (("clean", clean), ("random", randomised), ("adversarial", adversarial))}
+    session.close()
+    assert (maps["adversarial"]["logits"].argmax(1) == images.pred_adversarial.to_numpy()).all()
+
+    def metric(name, a, b):
+        a, b = a.astype(np.float64), b.astype(np.float64)
+        if name == "frobenius":
+            return np.linalg.norm(a - b)
+        if name == "mse":
+            return np.mean((a - b) ** 2)
+        if name == "sre":
+            return ism.sre(a[:, :, None], b[:, :, None])
+        if name == "cosine":
+            return np.sum(a * b) / (np.linalg.norm(a) * np.linalg.norm(b))
+        if a.max() == a.min():            # the documented rule: no range, no SSIM (excluded and counted)
+            return np.nan
+        return structural_similarity(a, b, win_size=7, data_range=a.max() - a.min())
+
+    checked = 0
+    with np.errstate(all="ignore"):
+        for row in blocks.itertuples():
+            reference, perturbed = maps["clean"][row.tap], maps[row.perturbation][row.tap]
+            per_image = []
+            for image in range(count):
+                values = np.array([metric(row.metric, reference[image, c], perturbed[image, c])
+                                   for c in range(row.channels)])
+                per_image.append(values[np.isfinite(values)].mean())
+            assert row.mean == pytest.approx(np.mean(per_image), rel=1e-4, abs=1e-6), row
+            checked += 1
+    assert checked == len(blocks) == 14 * 2 * 5
