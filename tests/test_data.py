@@ -425,6 +425,7 @@ def test_only_regular_files_are_read_and_links_are_named_for_what_they_are(tmp_p
     os.mkfifo(tmp_path / "pipe.JPEG")
     (tmp_path / "loop.png").symlink_to(tmp_path / "loop.png")
     (tmp_path / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    previous = signal.signal(signal.SIGALRM, hang_fails)
     signal.alarm(60)
     try:
         for name, reason in (("pipe.JPEG", "not a regular file (a named pipe)"), ("loop.png", "a loop of symbolic links"),
@@ -436,3 +437,8 @@ def test_only_regular_files_are_read_and_links_are_named_for_what_they_are(tmp_p
         assert data.list_image_files(tmp_path / "loop.png") == [tmp_path / "loop.png"]   # reported by the reader
     finally:
         signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def hang_fails(signum, frame):
+    raise TimeoutError("reading blocked: a named pipe or device was read as an image")

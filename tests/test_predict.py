@@ -100,6 +100,7 @@ def test_every_image_unreadable_gives_a_csv_with_its_header_and_a_named_pipe_doe
     spec = tiny_spec("resnet")
     from repro import zoo
     zoo.ZOOS["test"] = {spec.name: spec}
+    previous = signal.signal(signal.SIGALRM, hang_fails)
     signal.alarm(120)                                  # a hang fails the test instead of blocking the suite
     try:
         checkpoint = write_synthetic_checkpoint(spec, tmp_path / "tiny.npz")
@@ -118,4 +119,9 @@ def test_every_image_unreadable_gives_a_csv_with_its_header_and_a_named_pipe_doe
         assert err.count("pipe.png") == 1 and "skipped 2 unreadable image(s)" in err
     finally:
         signal.alarm(0)
+        signal.signal(signal.SIGALRM, previous)
         zoo.ZOOS.pop("test", None)
+
+
+def hang_fails(signum, frame):
+    raise TimeoutError("reading blocked: a named pipe or device was read as an image")
