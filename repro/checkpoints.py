@@ -185,6 +185,34 @@ def check_architecture(checkpoint: Checkpoint, spec) -> None:
             found["num_classes"], spec.arch.family, list(spec.arch.blocks_per_group), spec.arch.num_classes))
 
 
+def check_variables(checkpoint: Checkpoint, variables: Sequence[Tuple[str, Sequence[int]]]) -> List[str]:
+    """Strict check of a checkpoint against a model's variables ``[(name, shape), …]`` — every engine's.
+
+    A missing variable or a shape mismatch raises CheckpointError naming it; so does a non-finite value or
+    a negative variance (`check_values`). Extra keys are logged as a warning and returned.
+    """
+    missing, mismatched = [], []
+    for name, shape in variables:
+        if name not in checkpoint.arrays:
+            missing.append(name)
+        elif tuple(checkpoint.arrays[name].shape) != tuple(shape):
+            mismatched.append("{} has shape {} in the checkpoint, the model needs {}".format(
+                name, list(checkpoint.arrays[name].shape), list(shape)))
+    if missing:
+        raise CheckpointError("{} lacks {} model variable(s): {}{}; it does not belong to this model".format(
+            checkpoint.path, len(missing), ", ".join(missing[:5]), " …" if len(missing) > 5 else ""))
+    if mismatched:
+        raise CheckpointError("{}: {}{}".format(
+            checkpoint.path, "; ".join(mismatched[:3]), " …" if len(mismatched) > 3 else ""))
+    wanted = sorted({name for name, _ in variables})
+    check_values(checkpoint, wanted)
+    extra = sorted(set(checkpoint.arrays) - set(wanted))
+    if extra:
+        log.warning("%s has %d key(s) the model does not use: %s%s", checkpoint.path, len(extra),
+                    ", ".join(extra[:10]), " …" if len(extra) > 10 else "")
+    return extra
+
+
 # --- restoring into a graph ---------------------------------------------------------------------------
 
 def restore(session, checkpoint: Checkpoint, spec=None, variables: Optional[Sequence] = None) -> List[str]:
@@ -201,26 +229,7 @@ def restore(session, checkpoint: Checkpoint, spec=None, variables: Optional[Sequ
         with graph.as_default():
             from repro.tfcompat import tf
             variables = tf.global_variables()
-    missing, mismatched = [], []
-    for variable in variables:
-        key = variable_key(variable.name)
-        if key not in checkpoint.arrays:
-            missing.append(key)
-        elif tuple(checkpoint.arrays[key].shape) != tuple(variable.shape.as_list()):
-            mismatched.append("{} has shape {} in the checkpoint, the model needs {}".format(
-                key, list(checkpoint.arrays[key].shape), variable.shape.as_list()))
-    if missing:
-        raise CheckpointError("{} lacks {} model variable(s): {}{}; it does not belong to this model".format(
-            checkpoint.path, len(missing), ", ".join(missing[:5]), " …" if len(missing) > 5 else ""))
-    if mismatched:
-        raise CheckpointError("{}: {}{}".format(
-            checkpoint.path, "; ".join(mismatched[:3]), " …" if len(mismatched) > 3 else ""))
-    wanted = {variable_key(v.name) for v in variables}
-    check_values(checkpoint, sorted(wanted))
-    extra = sorted(set(checkpoint.arrays) - wanted)
-    if extra:
-        log.warning("%s has %d key(s) the model does not use: %s%s", checkpoint.path, len(extra),
-                    ", ".join(extra[:10]), " …" if len(extra) > 10 else "")
+    extra = check_variables(checkpoint, [(variable_key(v.name), v.shape.as_list()) for v in variables])
     with graph.as_default():
         from repro.tfcompat import tf
         # One session run assigns everything: per-variable runs cost seconds each on a 150-layer graph.

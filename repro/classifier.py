@@ -69,9 +69,3 @@ class Classifier:
 
     def close(self):
         self.session.close()
-
-
-def softmax(logits):
-    shifted = logits - logits.max(axis=1, keepdims=True)
-    exp = np.exp(shifted)
-    return exp / exp.sum(axis=1, keepdims=True)

@@ -115,11 +115,12 @@ def run_main(main, argv=None):
     """Run ``main(argv)``; expected failures become one line on stderr and a non-zero exit status."""
     from repro.checkpoints import CheckpointError
     from repro.data import UnreadableImageError
+    from repro.engines import EngineUnavailable
     from repro.runner import DamagedBatch, RunConfigMismatch
     from repro.zoo import UnknownModelError
     try:
         return main(argv) or 0
-    except (UsageError, UnknownModelError, RunConfigMismatch) as error:
+    except (UsageError, UnknownModelError, RunConfigMismatch, EngineUnavailable) as error:
         print("error: {}".format(error), file=sys.stderr)
         return 2
     except (CheckpointError, UnreadableImageError, DamagedBatch, ValueError, RunFailed) as error:

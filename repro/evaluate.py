@@ -18,11 +18,12 @@ import time
 from pathlib import Path
 
 if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    # The repository instead of repro/ itself, whose torch/ would otherwise shadow PyTorch.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import numpy as np
 
-from repro import cli, protocol, zoo
+from repro import cli, engines, protocol, zoo
 from repro.fileio import atomic_write_text
 
 log = logging.getLogger("repro.evaluate")
@@ -117,6 +118,7 @@ def parse_args(argv=None):
                         help="study a checkpoint even when its clean accuracy on the studied images is far "
                              "below the published one")
     parser.add_argument("--attack-chunk", type=int, default=10, help="PGD steps per session run (progress)")
+    engines.add_arguments(parser)
     args = parser.parse_args(argv)
     for name in ("images", "batch", "attack_chunk", "workers"):
         if getattr(args, name) < 1:
@@ -145,7 +147,6 @@ def run_model(spec, checkpoint_path, checkpoint_sha256, args, config, work, sele
 
     from repro import runner
     from repro.data import iterate_batches
-    from repro.study import StudyGraph
     from repro.taps import block_table
 
     paths, labels = selection.paths, selection.labels
@@ -153,7 +154,7 @@ def run_model(spec, checkpoint_path, checkpoint_sha256, args, config, work, sele
     identity = batch_identity(work, spec, checkpoint_sha256, selection)
     done, pending = runner.resume_state(work, spec.name, batches, identity)
     began = time.perf_counter()
-    graph = StudyGraph(spec, checkpoint_path, config)
+    graph = engines.study(args.engine, spec, checkpoint_path, config, args.precision, args.device)
     timings["graph_build_and_restore"] += time.perf_counter() - began
     if graph.checkpoint.sha256 != checkpoint_sha256:
         graph.close()
@@ -162,6 +163,7 @@ def run_model(spec, checkpoint_path, checkpoint_sha256, args, config, work, sele
                                                                  graph.checkpoint.sha256[:12]))
     work.save_block_table(spec.name, block_table(spec.name, graph.taps))
     check = sanity_check(spec, graph, selection, args)
+    device = engines.describe(args.engine, args.precision, args.device)["device"]
     log.info("%s: %d of %d batches already done, %d to run (%d PGD steps, α = %.2f px, ε = %g px)",
              spec.name, len(done), len(batches), len(pending), config.attack_iterations, config.step_size,
              config.epsilon)
@@ -201,7 +203,7 @@ def run_model(spec, checkpoint_path, checkpoint_sha256, args, config, work, sele
                     save_feature_panels(Path(args.out), spec.name, graph.taps, result, args.visualize)
             records = runner.batch_records(spec.name, result, paths, skipped)
             info = {"images": len(image_ids), "skipped": len(skipped), "timings": result.timings if result else {},
-                    "checkpoint": str(checkpoint_path), "shard": args.shard}
+                    "checkpoint": str(checkpoint_path), "shard": args.shard, "device": device}
             if args.worker:       # from now on the batch's images count as committed, not in progress
                 atomic_write_text(work.worker_file(args.shard, ".progress"), "0")
             work.commit_batch(spec.name, first, last, records, runner.batch_statistics(spec.name, first, last, result),
@@ -408,6 +410,7 @@ def main(argv=None):
     checkpoint_paths = [cli.checkpoint_path(spec, load) for spec, load in
                         zip(specs, args.load or [None] * len(specs))]
     config = study_config(args)
+    engines.check_precision(args.engine, args.precision)
     cli.check_writable_folder(args.out)
     hashes, selection = {}, None
     if not args.aggregate_only:
@@ -421,7 +424,8 @@ def main(argv=None):
         selection = runner.image_selection(specs[0], args.data, args.images, args.seed)
         log.info("studying %d images with %s", len(selection), ", ".join(s.name for s in specs))
     work = runner.WorkDirectory(args.out, runner.result_config(config, SELECTION_RULE, args.batch,
-                                                               selection.source if selection else None))
+                                                               selection.source if selection else None,
+                                                               args.engine, args.precision))
     if args.aggregate_only:
         work.config["data"] = stored_data_source(work, specs, args)
     work.check_settings()
@@ -461,6 +465,7 @@ def main(argv=None):
         "images_selected": count, "images_studied_total": studied, "data": args.data,
         "batches": {name: {"planned": len(runner.batch_plan(count, args.batch)), "in_tables": len(done)}
                     for name, done in tabled.items()},
+        "engine": engines.describe(args.engine, args.precision, args.device),
         "shard": args.shard, "workers": args.workers, "aggregate_only": args.aggregate_only,
         "packages": runner.package_versions(), "git": runner.git_state(),
         "machine": runner.machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),

@@ -31,10 +31,10 @@ import functools
 import inspect
 import math
 import numbers
-import warnings
 
 import numpy as np
 
+from repro.package_metrics import package_metric_loop
 from repro.protocol import DEFAULT_METRICS, METRIC_NAMES, PAPER_METRICS, SLOW_METRICS  # noqa: F401
 from repro.tfcompat import tf
 
@@ -281,34 +281,10 @@ def _uiq(pair, *, window_size=8):
     return tf.reduce_mean(tf.math.divide_no_nan(numerator, denominator), axis=[2, 3])
 
 
-def _package_metric_loop(name, reference, perturbed):
-    """One image-similarity-measures metric per channel: (N, C, H, W) arrays → (N, C) float64.
-
-    The package expects H×W×bands arrays, so each channel is passed as H×W×1. A channel the package
-    rejects (ISSM calls skimage's SSIM with a 7×7 window, so maps smaller than 7 fail) gives NaN.
-    """
-    from image_similarity_measures import quality_metrics
-
-    function = getattr(quality_metrics, name)
-    reference = np.asarray(reference)
-    perturbed = np.asarray(perturbed)
-    result = np.full(reference.shape[:2], np.nan, dtype=np.float64)
-    with warnings.catch_warnings(), np.errstate(all="ignore"):
-        warnings.simplefilter("ignore", RuntimeWarning)
-        for image in range(reference.shape[0]):
-            for channel in range(reference.shape[1]):
-                try:
-                    result[image, channel] = function(reference[image, channel][..., np.newaxis],
-                                                      perturbed[image, channel][..., np.newaxis])
-                except ValueError:
-                    pass
-    return result
-
-
 def _package_metric_op(name, pair):
     """A slow package metric inside the graph: Python runs per channel while the session runs."""
     def compute(reference, perturbed):
-        return _package_metric_loop(name, reference, perturbed)
+        return package_metric_loop(name, reference, perturbed)
 
     values = tf.numpy_function(compute, [pair.given_reference, pair.given_perturbed], tf.float64,
                                stateful=False)
@@ -581,7 +557,7 @@ def per_channel(metric, reference, perturbed, **options):
         raise ValueError(f"reference and perturbed shapes differ: {reference.shape} vs {perturbed.shape}")
     metric_options = _options_for(metric, options)
     if metric in SLOW_METRICS:
-        return _package_metric_loop(metric, reference, perturbed)
+        return package_metric_loop(metric, reference, perturbed)
     both_float32 = reference.dtype == np.float32 and perturbed.dtype == np.float32
     dtype = np.float32 if both_float32 else np.float64
     compiled = _compiled_metric(metric, reference.shape[1:], dtype, metric_options)

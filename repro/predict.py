@@ -15,12 +15,13 @@ import sys
 from pathlib import Path
 
 if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    # The repository instead of repro/ itself, whose torch/ would otherwise shadow PyTorch.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import numpy as np
 import pandas as pd
 
-from repro import cli, zoo
+from repro import cli, engines, zoo
 from repro.fileio import atomic_write_all
 
 log = logging.getLogger("repro.predict")
@@ -34,12 +35,17 @@ def class_names(spec):
     return [str(index) for index in range(spec.arch.num_classes)]
 
 
-def predict(spec, checkpoint, paths, batch_size=8):
+def softmax(logits):
+    shifted = logits - logits.max(axis=1, keepdims=True)
+    exp = np.exp(shifted)
+    return exp / exp.sum(axis=1, keepdims=True)
+
+
+def predict(spec, checkpoint, paths, batch_size=8, engine=engines.DEFAULT_ENGINE, device=None):
     """Returns (table of top-5 predictions, logits N×classes, skipped [(path, reason)])."""
-    from repro.classifier import Classifier, softmax
     from repro.data import iterate_batches, load_image_naive
 
-    classifier = Classifier(spec, checkpoint)
+    classifier = engines.classifier(engine, spec, checkpoint, device=device)
     names = class_names(spec)
     load = functools.partial(load_image_naive, size=spec.arch.input_size)
     rows, logits, skipped = [], [], []
@@ -79,6 +85,7 @@ def parse_args(argv=None):
     parser.add_argument("--output", default="predictions.csv", help="CSV of top-5 predictions")
     parser.add_argument("--save-logits", help="also write the logits as float32 N×classes .npy")
     parser.add_argument("--batch", type=int, default=8, help="images per forward pass")
+    engines.add_arguments(parser, precision=False)
     return parser.parse_args(argv)
 
 
@@ -104,7 +111,7 @@ def main(argv=None):
     if not paths:
         raise cli.UsageError("no image files found in {}".format(" ".join(args.input)))
     checkpoint = load_for(spec, path)
-    table, logits, skipped = predict(spec, checkpoint, paths, args.batch)
+    table, logits, skipped = predict(spec, checkpoint, paths, args.batch, args.engine, args.device)
     writers = {output: lambda stream: stream.write(table.to_csv(index=False))}
     if args.save_logits:
         writers[Path(args.save_logits)] = lambda stream: np.save(stream, logits)

@@ -118,3 +118,70 @@ def perturbation_draws(seed, image_ids, image_shape, num_classes=1000, noise="un
     return {"target_offset": np.array(offsets, np.int64),
             "start": np.array(starts, np.float32).reshape((-1,) + tuple(image_shape)),
             "random": np.array(randoms, np.float32).reshape((-1,) + tuple(image_shape))}
+
+
+class StudyFlow:
+    """The engine-neutral part of one batch of the study: draws, targets and the PGD start from (seed,
+    image id), the chunked attack with progress, the warnings, the timings and the `BatchResult`.
+
+    An engine's study class inherits it and provides ``spec``, ``config``, ``taps`` and
+    - ``attack_steps(clean, adversarial, targets, steps)``: ``steps`` PGD steps from ``adversarial``
+      (model-space NCHW float32 arrays), projected into the ε-ball of ``clean`` (0 steps: the projection);
+    - ``measure(clean, random_noise, adversarial, feature_blocks)``: the tapped forward pass of the three
+      versions and the metrics, as dict(predictions, values, clean_finite, features);
+    - ``clean_logits(clean)``: logits of model-space images.
+    So an engine choice changes only what computes these three, never the batch's flow.
+    """
+
+    def run_attack(self, clean, start, targets, on_steps=None):
+        """PGD from ``start`` for the configured number of steps, in chunks; ``on_steps(k)`` after each."""
+        remaining, chunk = self.config.attack_iterations, self.config.attack_chunk
+        if remaining < 0:
+            raise ValueError("attack_iterations must be ≥ 0, got {}".format(remaining))
+        if chunk < 1:
+            raise ValueError("attack_chunk must be ≥ 1, got {}".format(chunk))
+        if remaining == 0:
+            return self.attack_steps(clean, start, targets, 0)
+        adversarial = start
+        while remaining > 0:
+            steps = min(chunk, remaining)
+            adversarial = self.attack_steps(clean, adversarial, targets, steps)
+            remaining -= steps
+            if on_steps:
+                on_steps(steps)
+        return adversarial
+
+    def run_batch(self, images_bgr, labels, image_ids, on_steps=None, feature_blocks=()):
+        """The whole study for one batch of BGR uint8 images; see `BatchResult`."""
+        import logging
+        import time
+
+        from repro.data import to_model_space
+        config, classes = self.config, self.spec.arch.num_classes
+        clean = to_model_space(images_bgr)
+        draws = perturbation_draws(config.seed, image_ids, clean.shape[1:], classes, config.noise)
+        targets = random_targets(labels, draws["target_offset"], classes)
+        start = clean + draws["start"] * np.float32(config.epsilon * 2.0 / 255)
+        timings = {}
+        began = time.perf_counter()
+        adversarial = self.run_attack(clean, start, targets, on_steps)
+        timings["attack"] = time.perf_counter() - began
+        broken = [image_id for image_id, image in zip(image_ids, adversarial) if not np.isfinite(image).all()]
+        if broken:
+            logging.getLogger("repro.study").warning(
+                "%s: the attack's gradient overflowed for image(s) %s (non-finite adversarial images); their "
+                "adversarial metrics will be excluded as non-finite", self.spec.name, broken)
+        began = time.perf_counter()
+        out = self.measure(clean, draws["random"], adversarial, tuple(feature_blocks))
+        timings["taps_metrics"] = time.perf_counter() - began
+        n = len(image_ids)
+        features = {b: value.reshape((3, n) + value.shape[1:]) for b, value in out.get("features", {}).items()}
+        return BatchResult(image_ids=list(image_ids), labels=np.asarray(labels), targets=targets,
+                           predictions=out["predictions"], values=out["values"], adversarial=adversarial,
+                           clean_finite=np.asarray(out["clean_finite"], bool), timings=timings, feature_maps=features)
+
+    def clean_logits_of(self, images_bgr, batch_size=16):
+        """Logits of clean images (BGR uint8), for the sanity check before a long run."""
+        from repro.data import to_model_space
+        return np.concatenate([self.clean_logits(to_model_space(images_bgr[start:start + batch_size]))
+                               for start in range(0, len(images_bgr), batch_size)])

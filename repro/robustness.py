@@ -1,8 +1,8 @@
 """The project's evaluation attack as a robustness number: top-1 accuracy and targeted attack success.
 
-One inference-mode graph per model holds the clean forward pass and targeted PGD (`repro.attacks.
-pgd_targeted`, SPEC §3) with the attack's ε, step size and number of steps fed at run time, so clean,
-PGD-10 and PGD-100 share one restored session. The randomness is the study's: the target and the random
+One restored model per evaluator holds the clean forward pass and targeted PGD (SPEC §3) with the attack's
+ε, step size and number of steps given at run time, so clean, PGD-10 and PGD-100 share it (the TensorFlow
+engine's `repro.engines.tensorflow.AttackGraph`, or the PyTorch engine's). The randomness is the study's: the target and the random
 start of image ``i`` come from ``repro.protocol.perturbation_draws(seed, [image_ids[i]], ...)`` whatever the
 batch, so these numbers are exactly those of the study's adversarial predictions on the same images.
 Used by ``scripts/train_mini.py`` for the model cards and by ``repro/validate.py``.
@@ -10,46 +10,20 @@ Used by ``scripts/train_mini.py`` for the model cards and by ``repro/validate.py
 import time
 
 import numpy as np
-from repro.tfcompat import tf  # before tensorpack: TensorFlow's environment and native-log filter
-from tensorpack.tfutils.tower import TowerContext
 
-from repro import attacks, checkpoints, protocol
+from repro import engines, protocol
 from repro.aggregate import wilson_interval
-from repro.classifier import session_config
 from repro.data import to_model_space
-from repro.models import model_function, preprocess
 
 
 class RobustnessEvaluator:
-    """``spec``'s network restored strictly from ``checkpoint`` with the evaluation attack in its graph."""
+    """``spec``'s network restored strictly from ``checkpoint`` with the evaluation attack, on ``engine``
+    (`repro.engines`); the draws and the counting here are the same for every engine."""
 
-    def __init__(self, spec, checkpoint):
+    def __init__(self, spec, checkpoint, engine=engines.DEFAULT_ENGINE, precision="float32", device=None):
         self.spec = spec
-        size = spec.arch.input_size
-        self.graph = tf.Graph()
-        with self.graph.as_default():
-            self.images = tf.placeholder(tf.float32, [None, size, size, 3], name="images_bgr")
-            self.clean = tf.placeholder(tf.float32, [None, 3, size, size], name="clean")
-            self.start = tf.placeholder(tf.float32, [None, 3, size, size], name="adversarial_start")
-            self.target = tf.placeholder(tf.int64, [None], name="target")
-            self.steps = tf.placeholder(tf.int32, [], name="steps")
-            self.epsilon = tf.placeholder(tf.float32, [], name="epsilon_pixels")
-            self.step_size = tf.placeholder(tf.float32, [], name="step_size_pixels")
-            model = model_function(spec)
-            # One inference-mode tower entered at the root name scope: the attack's model calls live
-            # inside attack/attack_loop/while, where a TowerContext may not be opened.
-            with TowerContext("", is_training=False):
-                # Clean predictions by the same ops as repro.classifier.Classifier, so both agree exactly.
-                self.predictions = tf.argmax(model(preprocess(self.images)), axis=1)
-                with tf.name_scope("attack"):
-                    adversarial = attacks.pgd_targeted(model, self.clean, self.start, self.target,
-                                                       self.epsilon, self.step_size, self.steps)
-                self.adversarial_predictions = tf.argmax(model(adversarial), axis=1)
-            self.session = tf.Session(config=session_config())
-        self.checkpoint = checkpoint if isinstance(checkpoint, checkpoints.Checkpoint) \
-            else checkpoints.read_checkpoint(checkpoint)
-        checkpoints.restore(self.session, self.checkpoint, spec)
-        self.graph.finalize()
+        self.model = engines.attack_model(engine, spec, checkpoint, precision=precision, device=device)
+        self.checkpoint = self.model.checkpoint
 
     def evaluate(self, images, labels, iterations, epsilon=16.0, seed=0, batch=50, image_ids=None,
                  step_size=1.0, on_batch=None):
@@ -75,16 +49,15 @@ class RobustnessEvaluator:
         for first in range(0, len(images), batch):
             clean = to_model_space(images[first:first + batch])
             if iterations == 0:
-                predictions.append(self.session.run(self.predictions, {self.images: images[first:first + batch]}))
+                predictions.append(self.model.clean_predictions(images[first:first + batch]))
             else:
                 draws = protocol.perturbation_draws(seed, image_ids[first:first + batch], clean.shape[1:],
                                                    num_classes)
                 target = protocol.random_targets(labels[first:first + batch], draws["target_offset"],
                                                 num_classes)
                 start = clean + draws["start"] * np.float32(epsilon * 2.0 / 255)
-                predictions.append(self.session.run(self.adversarial_predictions, {
-                    self.clean: clean, self.start: start, self.target: target, self.steps: iterations,
-                    self.epsilon: epsilon, self.step_size: alpha}))
+                predictions.append(self.model.adversarial_predictions(clean, start, target, iterations, epsilon,
+                                                                      alpha))
                 targets.append(target)
             if on_batch:
                 on_batch(len(clean))
@@ -100,12 +73,13 @@ class RobustnessEvaluator:
         }
 
     def close(self):
-        self.session.close()
+        self.model.close()
 
 
-def evaluate_robustness(spec, checkpoint, images, labels, iterations, epsilon=16.0, seed=0, batch=50, **options):
-    """One evaluation (see `RobustnessEvaluator.evaluate`) in a graph of its own."""
-    evaluator = RobustnessEvaluator(spec, checkpoint)
+def evaluate_robustness(spec, checkpoint, images, labels, iterations, epsilon=16.0, seed=0, batch=50,
+                        engine=engines.DEFAULT_ENGINE, **options):
+    """One evaluation (see `RobustnessEvaluator.evaluate`) with a model of its own."""
+    evaluator = RobustnessEvaluator(spec, checkpoint, engine=engine)
     try:
         return evaluator.evaluate(images, labels, iterations, epsilon=epsilon, seed=seed, batch=batch, **options)
     finally:

@@ -47,10 +47,12 @@ class DamagedBatch(ValueError):
     """A committed batch whose files are missing, unreadable or do not match their receipt."""
 
 
-def result_config(study_config, selection_rule, batch_size, data_source=None):
+def result_config(study_config, selection_rule, batch_size, data_source=None, engine="tensorflow",
+                  precision="float32"):
     """The settings that determine every number a batch produces, besides the model and the images
-    (those are recorded per batch): the study's settings, the selection rule, the batch plan and the
-    data source (`Selection.source`)."""
+    (those are recorded per batch): the study's settings, the selection rule, the batch plan, the data
+    source (`Selection.source`), and the engine and attack precision (engines agree to float round-off,
+    not bit for bit, so their batches are not mixed)."""
     config = dataclasses.asdict(study_config)
     config.pop("attack_chunk")
     config["metrics"] = list(config["metrics"])
@@ -58,6 +60,8 @@ def result_config(study_config, selection_rule, batch_size, data_source=None):
     config["selection"] = selection_rule
     config["batch"] = batch_size
     config["data"] = data_source
+    config["engine"] = engine
+    config["precision"] = precision
     return json_form(config)
 
 
@@ -354,7 +358,7 @@ def image_selection(spec, data_dir, count, seed=0):
 
 def package_versions():
     from importlib import metadata
-    names = ("tensorflow", "tf-keras", "tensorpack", "numpy", "scikit-image", "image-similarity-measures",
+    names = ("tensorflow", "tf-keras", "tensorpack", "torch", "numpy", "scikit-image", "image-similarity-measures",
              "opencv-python-headless", "pandas", "matplotlib", "scipy")
     versions = {}
     for name in names:

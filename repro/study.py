@@ -7,29 +7,25 @@ One graph per model holds
   one session run per batch;
 - the targeted PGD attack (`repro.attacks.pgd_targeted`) in its own name scope, sharing the variables,
   run in chunks of steps so that progress can be shown.
+The batch's flow around these graphs (draws, chunking, timings) is the engine-neutral `StudyFlow`.
 """
-import logging
-import time
-
-import numpy as np
 from repro.tfcompat import tf  # before tensorpack: TensorFlow's environment and native-log filter
 from tensorpack.tfutils.tower import TowerContext
 
 from repro import attacks, checkpoints, metrics as metric_ops_module
-from repro.protocol import PERTURBATIONS, BatchResult, StudyConfig, perturbation_draws, random_targets
+from repro.protocol import PERTURBATIONS, StudyConfig, StudyFlow
 from repro.classifier import session_config
-from repro.data import to_model_space
+from repro.engines.tensorflow import PrecisionMixin
 from repro.models import model_function
 from repro.taps import block_taps
 
-log = logging.getLogger(__name__)
 
 
-class StudyGraph:
+class StudyGraph(StudyFlow, PrecisionMixin):
     """The study's graph and session for one model, restored strictly from its checkpoint."""
 
-    def __init__(self, spec, checkpoint, config: StudyConfig):
-        self.spec, self.config = spec, config
+    def __init__(self, spec, checkpoint, config: StudyConfig, precision="float32"):
+        self.spec, self.config, self.precision = spec, config, precision
         size = spec.arch.input_size
         self.graph = tf.Graph()
         with self.graph.as_default():
@@ -81,57 +77,21 @@ class StudyGraph:
             self.attack = attacks.pgd_targeted(model, self.clean, self.adversarial, self.target,
                                                config.epsilon, config.step_size, self.steps)
         with tf.name_scope("clean_check"):
-            self.clean_logits = model(self.clean)
+            self.clean_logits_tensor = model(self.clean)
 
-    def clean_logits_of(self, images_bgr, batch_size=16):
-        """Logits of clean images (BGR uint8), for the sanity check before a long run."""
-        return np.concatenate([self.session.run(self.clean_logits, {self.clean: to_model_space(
-            images_bgr[start:start + batch_size])}) for start in range(0, len(images_bgr), batch_size)])
+    def clean_logits(self, clean):
+        return self.session.run(self.clean_logits_tensor, {self.clean: clean})
 
-    def run_attack(self, clean, start, targets, on_steps=None):
-        """PGD from ``start`` for the configured number of steps, in chunks; ``on_steps(k)`` after each."""
-        adversarial, remaining = start, self.config.attack_iterations
-        if remaining == 0:
-            return self.session.run(self.attack, {self.clean: clean, self.adversarial: start,
-                                                  self.target: targets, self.steps: 0})
-        while remaining > 0:
-            steps = min(self.config.attack_chunk, remaining)
-            adversarial = self.session.run(self.attack, {self.clean: clean, self.adversarial: adversarial,
-                                                         self.target: targets, self.steps: steps})
-            remaining -= steps
-            if on_steps:
-                on_steps(steps)
-        return adversarial
+    def attack_steps(self, clean, adversarial, targets, steps):
+        return self.attack_in_precision(lambda: self.session.run(self.attack, {
+            self.clean: clean, self.adversarial: adversarial, self.target: targets, self.steps: steps}))
 
-    def run_batch(self, images_bgr, labels, image_ids, on_steps=None, feature_blocks=()):
-        """The whole study for one batch of BGR uint8 images; see `BatchResult`."""
-        config = self.config
-        clean = to_model_space(images_bgr)
-        draws = perturbation_draws(config.seed, image_ids, clean.shape[1:], self.spec.arch.num_classes, config.noise)
-        targets = random_targets(labels, draws["target_offset"], self.spec.arch.num_classes)
-        epsilon = config.epsilon * 2.0 / 255
-        start = clean + draws["start"] * np.float32(epsilon)
-        timings = {}
-        began = time.perf_counter()
-        adversarial = self.run_attack(clean, start, targets, on_steps)
-        timings["attack"] = time.perf_counter() - began
-        broken = [image_id for image_id, image in zip(image_ids, adversarial) if not np.isfinite(image).all()]
-        if broken:
-            log.warning("%s: the attack's gradient overflowed for image(s) %s (non-finite adversarial images); "
-                        "their adversarial metrics will be excluded as non-finite", self.spec.name, broken)
-
-        began = time.perf_counter()
+    def measure(self, clean, random_noise, adversarial, feature_blocks=()):
         fetches = {"predictions": self.predictions, "values": self.metric_values, "clean_finite": self.clean_finite}
         if feature_blocks:
             fetches["features"] = {b: self.tap_tensors[b] for b in feature_blocks}
-        out = self.session.run(fetches, {self.clean: clean, self.random_noise: draws["random"],
-                                         self.adversarial: adversarial})
-        timings["taps_metrics"] = time.perf_counter() - began
-        n = len(image_ids)
-        features = {b: value.reshape((3, n) + value.shape[1:]) for b, value in out.get("features", {}).items()}
-        return BatchResult(image_ids=list(image_ids), labels=np.asarray(labels), targets=targets,
-                           predictions=out["predictions"], values=out["values"], adversarial=adversarial,
-                           clean_finite=out["clean_finite"], timings=timings, feature_maps=features)
+        return self.session.run(fetches, {self.clean: clean, self.random_noise: random_noise,
+                                          self.adversarial: adversarial})
 
     def close(self):
         self.session.close()

@@ -67,3 +67,37 @@ def block_table(model, taps):
     """Rows of the block table that `repro.aggregate.blocks_frame` joins with the statistics."""
     return [dict(model=model, block_index=t.block_index, depth_from_end=t.depth_from_end, group=t.group,
                  block=t.block, tap=t.name, channels=t.channels, height=t.height, width=t.width) for t in taps]
+
+
+def denoised_tap_name(spec, group, block):
+    """The denoising output that follows block (group, block) in ``spec``'s network, or None (SPEC §4)."""
+    family = spec.arch.family
+    if family == "resnext_denoise_all":
+        return "group{}/block{}/non_local/add".format(group, block)
+    if family == "resnet_denoise" and block == spec.arch.blocks_per_group[group] - 1:
+        return "group{}_denoise/add".format(group)
+    return None
+
+
+def taps_for(spec, tap="block_output"):
+    """The taps of ``spec``'s network read off its zoo entry, engine-neutral: the same table as
+    `block_taps` gives from a TensorFlow graph (tested), for engines without named ops."""
+    if tap not in TAPS:
+        raise ValueError("unknown tap {!r}: choose one of {}".format(tap, ", ".join(TAPS)))
+    arch = spec.arch
+    size = -(-arch.input_size // arch.stem_stride)
+    if arch.stem_pool:
+        size = -(-size // 2)
+    positions = []
+    for group, (count, channels, stride) in enumerate(zip(arch.blocks_per_group, arch.group_channels,
+                                                          arch.group_strides)):
+        size = -(-size // stride)
+        positions += [(group, block, channels * 4, size) for block in range(count)]
+    taps = []
+    for index, (group, block, channels, size) in enumerate(positions):
+        name = "group{}/block{}/block_output".format(group, block)
+        if tap == "denoised":
+            name = denoised_tap_name(spec, group, block) or name
+        taps.append(Tap(block_index=index + 1, depth_from_end=len(positions) - 1 - index, group=group, block=block,
+                        tensor=name + ":0", channels=channels, height=size, width=size))
+    return taps

@@ -19,12 +19,13 @@ import time
 from pathlib import Path
 
 if __package__ in (None, ""):
-    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+    # The repository instead of repro/ itself, whose torch/ would otherwise shadow PyTorch.
+    sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import numpy as np
 import pandas as pd
 
-from repro import cli, zoo
+from repro import cli, engines, zoo
 from repro.fileio import atomic_write_text
 
 log = logging.getLogger("repro.validate")
@@ -66,11 +67,13 @@ def results_table(spec, iterations, records):
     return rows
 
 
-def validation_identity(spec, checkpoint_sha256, selection, iterations, seed):
+def validation_identity(spec, checkpoint_sha256, selection, iterations, seed, engine=engines.DEFAULT_ENGINE,
+                        precision="float32"):
     """Everything that determines a validation record besides the image: the model and its checkpoint, the
-    data, the image order, and the attack (ε = 16, α by the step-size rule, the seed of the draws)."""
+    data, the image order, the attack (ε = 16, α by the step-size rule, the seed of the draws) and the
+    engine with the attack's precision."""
     from repro import protocol, runner
-    attack = {"iterations": iterations, "epsilon": EPSILON, "seed": seed,
+    attack = {"iterations": iterations, "epsilon": EPSILON, "seed": seed, "engine": engine, "precision": precision,
               "step_size": protocol.step_size_rule(EPSILON, iterations) if iterations else None}
     return runner.json_form({"model": runner.model_identity(spec, checkpoint_sha256), "data": selection.source,
                              "order": ORDER_RULE, "order_seed": ORDER_SEED, "attack": attack})
@@ -135,20 +138,22 @@ class Progress:
         atomic_write_text(self.directory / name, frame[self.COLUMNS].to_csv(index=False))
 
 
-def validate_model(spec, checkpoint, selection, iterations, batch, out, seed):
+def validate_model(spec, checkpoint, selection, iterations, batch, out, seed, engine=engines.DEFAULT_ENGINE,
+                   precision="float32", device=None):
     """Measure one model on ``selection``; returns one record per image (resuming from ``out``)."""
     from tqdm import tqdm
 
-    from repro.classifier import Classifier
     from repro.data import iterate_batches
     from repro.robustness import RobustnessEvaluator
 
-    progress = Progress(out, validation_identity(spec, checkpoint.sha256, selection, iterations, seed))
+    progress = Progress(out, validation_identity(spec, checkpoint.sha256, selection, iterations, seed, engine,
+                                                 precision))
     records = progress.done(selection)
     missing = sorted(set(range(len(selection))) - set(records.image.astype(int)))
     if not missing:
         return records
-    model = Classifier(spec, checkpoint) if iterations == 0 else RobustnessEvaluator(spec, checkpoint)
+    model = engines.classifier(engine, spec, checkpoint, device=device) if iterations == 0 else \
+        RobustnessEvaluator(spec, checkpoint, engine=engine, precision=precision, device=device)
     parts = [records] if len(records) else []
     paths, labels = selection.paths, selection.labels
     bar = tqdm(total=len(selection), initial=len(records), unit="img", desc="{} k={}".format(spec.name, iterations))
@@ -205,6 +210,7 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0, help="seed of the attack's targets and random starts")
     parser.add_argument("--out", default="results/validate", help="tables (CSV, JSON) and resumable progress")
+    engines.add_arguments(parser)
     args = parser.parse_args(argv)
     if args.attack_iter < 0 or args.batch < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--attack-iter must be ≥ 0, --batch and --limit ≥ 1")
@@ -227,12 +233,14 @@ def main(argv=None):
     if args.data is None and args.zoo != "mini":
         raise cli.UsageError("--data is required: the ImageNet validation folder (val/<wnid>/*.JPEG)")
     cli.check_writable_folder(args.out)
+    engines.check_precision(args.engine, args.precision)
     loaded = [checkpoints.load_for(spec, path) for spec, path in zip(specs, paths_)]
     selection = runner.image_selection(specs[0], args.data, args.limit, ORDER_SEED)
     began = time.time()
     rows = []
     for spec, checkpoint in zip(specs, loaded):
-        records = validate_model(spec, checkpoint, selection, args.attack_iter, args.batch, args.out, args.seed)
+        records = validate_model(spec, checkpoint, selection, args.attack_iter, args.batch, args.out, args.seed,
+                                 args.engine, args.precision, args.device)
         rows.extend(results_table(spec, args.attack_iter, records))
     table = pd.DataFrame(rows)
     out = Path(args.out)
@@ -241,6 +249,7 @@ def main(argv=None):
     atomic_write_text(out / (stem + ".json"), json.dumps({
         "command": " ".join(sys.argv), "zoo": args.zoo, "attack_iter": args.attack_iter, "images": len(selection),
         "order": ORDER_RULE, "data": selection.source, "seed": args.seed, "epsilon": EPSILON, "rows": rows,
+        "engine": engines.describe(args.engine, args.precision, args.device),
         "wall_seconds": round(time.time() - began, 1),
         "checkpoints": {s.name: {"path": str(p), "sha256": c.sha256} for s, p, c in zip(specs, paths_, loaded)},
         "packages": runner.package_versions(), "git": runner.git_state()},
