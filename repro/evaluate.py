@@ -134,7 +134,7 @@ def parse_args(argv=None):
 
 
 def study_config(args):
-    from repro.study import StudyConfig
+    from repro.protocol import StudyConfig
     return StudyConfig(epsilon=args.attack_epsilon, attack_iterations=args.attack_iter,
                        attack_step_size=args.attack_step_size, noise=args.noise, tap=args.tap,
                        metrics=tuple(args.metrics), ssim_data_range=args.ssim_data_range, seed=args.seed,
