@@ -4,11 +4,20 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-nodeps.txt | cksum | cut -d' ' -f1)
+TORCH_STAMP := $(VENV)/.installed-torch-$(shell cat requirements-torch.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: venv test test-fast demo clean-venv
+.PHONY: venv venv-torch test test-fast demo clean-venv
 
 venv: $(STAMP)
+
+# The PyTorch engine's requirements: for the tests (parity with TensorFlow), not for `make demo`.
+venv-torch: $(TORCH_STAMP)
+
+$(TORCH_STAMP): $(STAMP) requirements-torch.txt
+	$(BIN)/python -m pip install --quiet -r requirements-torch.txt
+	rm -f $(VENV)/.installed-torch-*
+	touch $@
 
 $(STAMP): requirements.txt requirements-nodeps.txt
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info[:2] == (3, 11) else "Python 3.11 is required (scikit-image 0.20 has no wheels for newer versions); set PYTHON=/path/to/python3.11")'
@@ -16,13 +25,13 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -r requirements.txt
 	$(BIN)/python -m pip install --quiet --no-deps -r requirements-nodeps.txt
-	rm -f $(VENV)/.installed-*
+	rm -f $(VENV)/.installed-[0-9]*
 	touch $@
 
-test: venv
+test: venv venv-torch
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: venv
+test-fast: venv venv-torch
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: venv

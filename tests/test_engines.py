@@ -1,0 +1,57 @@
+"""The engine registry, and the engine-neutral core: importing it (and the entry points' parsing) loads
+neither TensorFlow, tensorpack nor PyTorch."""
+import subprocess
+import sys
+
+import pytest
+
+from repro import engines, zoo
+from repro.taps import taps_for
+
+CORE = ("zoo", "checkpoints", "protocol", "data", "taps", "aggregate", "plots", "runner", "robustness",
+        "package_metrics", "fileio", "minidata", "classes", "engines", "cli", "evaluate", "validate", "predict")
+
+
+def test_the_engine_neutral_core_imports_no_framework():
+    code = ("import sys\nimport repro\nfrom repro import {}\n"
+            "loaded = [m for m in ('tensorflow', 'tensorpack', 'torch') if m in sys.modules]\n"
+            "assert not loaded, loaded").format(", ".join(CORE))
+    result = subprocess.run([sys.executable, "-c", code], cwd=str(zoo.REPO_ROOT), capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+
+def test_unknown_engines_and_precisions_are_clear_errors():
+    with pytest.raises(ValueError, match="unknown engine 'jax': choose tensorflow or torch"):
+        engines.load("jax")
+    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+        engines.check_precision("tensorflow", "fp8")
+    with pytest.raises(ValueError, match="--precision bf16 is not available with --engine tensorflow"):
+        engines.check_precision("tensorflow", "bf16")
+
+
+def test_a_missing_framework_is_one_line_naming_what_to_install(tmp_path):
+    blocker = tmp_path / "blocker"
+    blocker.mkdir()
+    (blocker / "sitecustomize.py").write_text("import sys\nsys.modules['torch'] = None\n")
+    result = subprocess.run([sys.executable, "repro/predict.py", "--engine", "torch", "--zoo", "mini", "--model",
+                             "ResNet", "--input", "docs", "--output", str(tmp_path / "p.csv")],
+                            cwd=str(zoo.REPO_ROOT), capture_output=True, text=True, timeout=300,
+                            env={"PYTHONPATH": str(blocker), "PATH": "/usr/bin:/bin"})
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+    assert result.returncode == 2 and len(errors) == 1, result.stderr[-2000:]
+    assert "--engine torch needs PyTorch (requirements-torch.txt)" in errors[0]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["ResNet", "ResNetDenoise", "ResNeXtDenoiseAll"])
+def test_the_taps_read_off_the_zoo_equal_the_full_size_graphs(name):
+    from repro.models import model_function
+    from repro.taps import block_taps
+    from repro.tfcompat import tf
+    spec = zoo.get_model(name)
+    graph = tf.Graph()
+    with graph.as_default():
+        model_function(spec)(tf.placeholder(tf.float32, [None, 3, 224, 224]))
+    for tap in ("block_output", "denoised"):
+        assert taps_for(spec, tap) == block_taps(graph, tap)
