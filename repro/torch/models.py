@@ -121,10 +121,13 @@ class Denoising(nn.Module):
         theta, phi = (self.embedding_theta(x), self.embedding_phi(x)) if self.embed else (x, x)
         theta_flat, phi_flat = theta.reshape(n, -1, positions), phi.reshape(n, -1, positions)
         values = x.reshape(n, channels, positions)
-        if self.softmax or channels > positions:
+        if self.softmax:
+            # softmax_j(θ_iᵀφ_j / √d) x_j is attention with queries θ, keys φ, values x (scale 1/√d, the
+            # default): PyTorch's fused kernel, which on a GPU need not hold the HW×HW affinities in memory.
+            result = F.scaled_dot_product_attention(theta_flat.transpose(1, 2), phi_flat.transpose(1, 2),
+                                                    values.transpose(1, 2)).transpose(1, 2)   # [N, C, HW_i]
+        elif channels > positions:
             affinity = theta_flat.transpose(1, 2) @ phi_flat                      # [N, HW_i, HW_j]
-            if self.softmax:
-                affinity = torch.softmax(affinity / math.sqrt(theta_flat.shape[1]), dim=-1)
             result = values @ affinity.transpose(1, 2)                           # [N, C, HW_i]
         else:
             gram = phi_flat @ values.transpose(1, 2)                             # [N, C, C]
