@@ -35,20 +35,10 @@ import numbers
 import numpy as np
 
 from repro.package_metrics import package_metric_loop
-from repro.protocol import DEFAULT_METRICS, METRIC_NAMES, PAPER_METRICS, SLOW_METRICS  # noqa: F401
+from repro.protocol import (DEFAULT_METRICS, METRIC_NAMES, PAPER_METRICS, SLOW_METRICS,  # noqa: F401
+                            SSIM_K1, SSIM_K2, UIQ_FLAT_WINDOW_TOLERANCE, band_average_matrix,
+                            ssim_window_size, uiq_window_size)
 from repro.tfcompat import tf
-
-# SSIM constants of Wang et al. 2004, as skimage's structural_similarity uses them.
-SSIM_K1 = 0.01
-SSIM_K2 = 0.03
-
-# A window variance at most this fraction of the window's mean square is taken as exactly zero in
-# UIQ. In float64, E[x²] − E[x]² carries a rounding error of a few 1e-16 · E[x²], so a flat window
-# never yields an exact zero; UIQ has no stabilising constant (unlike SSIM's C1, C2), and noise
-# divided by noise would be an arbitrary number where the package gives 0. 1e-10 leaves a margin of
-# 1e5 over that noise and only catches windows whose spread is below 1e-5 of their magnitude, i.e.
-# flat up to float32 rounding.
-UIQ_FLAT_WINDOW_TOLERANCE = 1e-10
 
 _GRAPH_CACHE_SIZE = 16
 
@@ -131,18 +121,10 @@ class ChannelPair:
         than a stride-1 average pool and needs no NCHW ↔ NHWC transposes.
         """
         if window not in self._band_matrices:
-            self._band_matrices[window] = (tf.constant(_band_average_matrix(self.height, window)),
-                                           tf.constant(_band_average_matrix(self.width, window)))
+            self._band_matrices[window] = (tf.constant(band_average_matrix(self.height, window)),
+                                           tf.constant(band_average_matrix(self.width, window)))
         rows, columns = self._band_matrices[window]
         return tf.matmul(tf.matmul(rows, maps), columns, transpose_b=True)
-
-
-def _band_average_matrix(size, window):
-    """(size − window + 1, size) matrix whose row i averages entries i … i + window − 1."""
-    matrix = np.zeros((size - window + 1, size), dtype=np.float64)
-    for start in range(size - window + 1):
-        matrix[start, start:start + window] = 1.0 / window
-    return matrix
 
 
 def _check_tensor_pair(reference, perturbed):
@@ -209,19 +191,6 @@ def _rel_l2(pair):
     return _frobenius(pair) / tf.sqrt(pair.reference_sum_squares)
 
 
-def ssim_window_size(height, width, win_size=7):
-    """The SSIM window used for an H×W map: `win_size`, shrunk to the largest odd size ≤ min(H, W).
-
-    Returns None when that is below 3 (a 1×1 window has no sample covariance): SSIM is then NaN.
-    """
-    if isinstance(win_size, bool) or not isinstance(win_size, numbers.Integral) \
-            or win_size < 3 or win_size % 2 == 0:
-        raise ValueError(f"win_size must be an odd integer >= 3 (skimage's rule), got {win_size!r}")
-    largest_odd_fitting = min(height, width) if min(height, width) % 2 else min(height, width) - 1
-    window = min(int(win_size), largest_odd_fitting)
-    return window if window >= 3 else None
-
-
 def _ssim(pair, *, data_range=2.0, win_size=7):
     peak = pair.data_range(data_range)
     window = ssim_window_size(pair.height, pair.width, win_size)
@@ -246,14 +215,6 @@ def _ssim(pair, *, data_range=2.0, win_size=7):
         # depending on the perturbed map: not a similarity. Mark the channel NaN (excluded downstream).
         ssim = tf.where(pair.reference_value_range > 0, ssim, pair.nan_per_channel())
     return ssim
-
-
-def uiq_window_size(height, width, window_size=8):
-    """The UIQ window used for an H×W map: `window_size`, shrunk to min(H, W); None below 2."""
-    if isinstance(window_size, bool) or not isinstance(window_size, numbers.Integral) or window_size < 2:
-        raise ValueError(f"window_size must be an integer >= 2, got {window_size!r}")
-    window = min(int(window_size), height, width)
-    return window if window >= 2 else None
 
 
 def _uiq(pair, *, window_size=8):

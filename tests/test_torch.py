@@ -332,3 +332,22 @@ def test_synthetic_checkpoints_without_tensorflow_are_calibrated():
         np.testing.assert_allclose(values.var(dim=(0, 2, 3), unbiased=False).numpy(), 1, rtol=1e-3)
     logits = model(torch.from_numpy(calibration_images(spec, seed=9)))
     assert torch.isfinite(logits).all()
+
+
+@pytest.mark.skipif("ResNet" not in MINI, reason="the miniature ResNet checkpoint is not in mini_zoo/")
+def test_the_evaluation_attack_gives_the_same_robustness_numbers_with_either_engine():
+    """validate's and the model cards' attack (repro.robustness) on 40 test images, PGD-5: the same targets,
+    the same clean predictions, and adversarial predictions agreeing on ≥ 95% of the images."""
+    from repro.robustness import RobustnessEvaluator
+    spec = zoo.get_model("ResNet", "mini")
+    images, labels = minidata.load_split("test")
+    results = {}
+    for engine in engines.ENGINES:
+        evaluator = RobustnessEvaluator(spec, cli.checkpoint_path(spec), engine=engine)
+        results[engine] = (evaluator.evaluate(images[:40], labels[:40], 0, batch=20),
+                           evaluator.evaluate(images[:40], labels[:40], 5, batch=20))
+        evaluator.close()
+    (clean_tf, attacked_tf), (clean_torch, attacked_torch) = results["tensorflow"], results["torch"]
+    np.testing.assert_array_equal(clean_tf["predictions"], clean_torch["predictions"])
+    np.testing.assert_array_equal(attacked_tf["targets"], attacked_torch["targets"])
+    assert (attacked_tf["predictions"] == attacked_torch["predictions"]).mean() >= 0.95

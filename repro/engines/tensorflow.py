@@ -52,11 +52,11 @@ class AttackGraph(PrecisionMixin):
             # inside attack/attack_loop/while, where a TowerContext may not be opened.
             with TowerContext("", is_training=False):
                 # Clean predictions by the same ops as repro.classifier.Classifier, so both agree exactly.
-                self.predictions = tf.argmax(model(preprocess(self.images)), axis=1)
+                self.clean_prediction_op = tf.argmax(model(preprocess(self.images)), axis=1)
                 with tf.name_scope("attack"):
                     adversarial = attacks.pgd_targeted(model, self.clean, self.start, self.target,
                                                        self.epsilon, self.step_size, self.steps)
-                self.adversarial_predictions = tf.argmax(model(adversarial), axis=1)
+                self.adversarial_prediction_op = tf.argmax(model(adversarial), axis=1)
             self.session = tf.Session(config=session_config())
         self.checkpoint = checkpoint if isinstance(checkpoint, checkpoints.Checkpoint) \
             else checkpoints.read_checkpoint(checkpoint)
@@ -64,10 +64,10 @@ class AttackGraph(PrecisionMixin):
         self.graph.finalize()
 
     def clean_predictions(self, images_bgr):
-        return self.session.run(self.predictions, {self.images: images_bgr})
+        return self.session.run(self.clean_prediction_op, {self.images: images_bgr})
 
     def adversarial_predictions(self, clean, start, targets, steps, epsilon, step_size):
-        return self.attack_in_precision(lambda: self.session.run(self.adversarial_predictions, {
+        return self.attack_in_precision(lambda: self.session.run(self.adversarial_prediction_op, {
             self.clean: clean, self.start: start, self.target: targets, self.steps: steps,
             self.epsilon: epsilon, self.step_size: step_size}))
 

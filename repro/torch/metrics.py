@@ -7,31 +7,13 @@ order. Tested against `repro.metrics.per_channel` (tests/test_torch.py).
 """
 import math
 
-import numpy as np
 import torch
 
-from repro.protocol import SLOW_METRICS
-
-SSIM_K1, SSIM_K2 = 0.01, 0.03
-UIQ_FLAT_WINDOW_TOLERANCE = 1e-10      # as repro.metrics (see there)
-
-
-def ssim_window_size(height, width, win_size=7):
-    largest_odd_fitting = min(height, width) if min(height, width) % 2 else min(height, width) - 1
-    window = min(int(win_size), largest_odd_fitting)
-    return window if window >= 3 else None
-
-
-def uiq_window_size(height, width, window_size=8):
-    window = min(int(window_size), height, width)
-    return window if window >= 2 else None
-
+from repro.protocol import (SLOW_METRICS, SSIM_K1, SSIM_K2, UIQ_FLAT_WINDOW_TOLERANCE, band_average_matrix,
+                            ssim_window_size, uiq_window_size)
 
 def _band_average_matrix(size, window, device):
-    matrix = np.zeros((size - window + 1, size), dtype=np.float64)
-    for start in range(size - window + 1):
-        matrix[start, start:start + window] = 1.0 / window
-    return torch.from_numpy(matrix).to(device)
+    return torch.from_numpy(band_average_matrix(size, window)).to(device)
 
 
 class ChannelPair:
