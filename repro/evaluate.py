@@ -200,7 +200,7 @@ def run_model(spec, checkpoint_path, checkpoint_sha256, args, config, work, sele
                 if args.save_adv:
                     save_adversarial(Path(args.save_adv) / spec.name, result, paths)
                 if feature_blocks:
-                    save_feature_panels(Path(args.out), spec.name, graph.taps, result, args.visualize)
+                    save_feature_panels(Path(args.out), spec.name, graph.taps, result, args.visualize, args.engine)
             records = runner.batch_records(spec.name, result, paths, skipped)
             info = {"images": len(image_ids), "skipped": len(skipped), "timings": result.timings if result else {},
                     "checkpoint": str(checkpoint_path), "shard": args.shard, "device": device}
@@ -276,16 +276,16 @@ def visualize_blocks(taps, count=4):
     return tuple(taps[i].block_index for i in positions)
 
 
-def save_feature_panels(out, model, taps, result, k):
+def save_feature_panels(out, model, taps, result, k, engine=engines.DEFAULT_ENGINE):
     """Fig. 2.1-like panels for image 0: per chosen block, the k channels where adversarial and random
     SSIM differ most (SSIM is computed for the panels even when not among --metrics)."""
-    from repro import metrics, plots
+    from repro import plots
     panels = []
     by_index = {t.block_index: t for t in taps}
     for block_index, maps in sorted(result.feature_maps.items()):
         clean, random, adversarial = maps[:, :1]
-        ssim_random = metrics.per_channel("ssim", clean, random)[0]
-        ssim_adversarial = metrics.per_channel("ssim", clean, adversarial)[0]
+        ssim_random = engines.per_channel(engine, "ssim", clean, random)[0]
+        ssim_adversarial = engines.per_channel(engine, "ssim", clean, adversarial)[0]
         gap = np.nan_to_num(ssim_random - ssim_adversarial, nan=-np.inf)
         for channel in np.argsort(-gap, kind="stable")[:k]:
             panels.append({"label": "{} ch {}: SSIM adv {:.2f} vs rand {:.2f}".format(
@@ -457,7 +457,7 @@ def main(argv=None):
     blocks, images, summary = runner.write_tables(work, {name: list(done) for name, done in tabled.items()}, args.out)
     figures = runner.write_figures(blocks, [s.name for s in specs], args.out, config.metrics)
     timings["aggregation_and_figures"] += time.perf_counter() - began
-    studied = int((images["error"].fillna("") == "").sum()) if len(images) else 0
+    studied = int((images["error"].isna() | (images["error"] == "")).sum()) if len(images) else 0
     runner.write_manifest(args.out, {
         "command": " ".join(sys.argv), "config": work.config, "models": {
             spec.name: dict(models_in_tables(spec, tabled[spec.name]), clean_check=checks.get(spec.name))

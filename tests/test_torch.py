@@ -291,7 +291,7 @@ def test_torch_engine_runs_where_only_pytorch_is_installed(tmp_path):
     environment = dict(os.environ, PYTHONPATH="{}{}{}".format(blocker, os.pathsep, zoo.REPO_ROOT))
     commands = [
         ["repro/evaluate.py", "--engine", "torch", "--zoo", "mini", "--model", "ResNeXtDenoiseAll", "--images", "2",
-         "--batch", "2", "--attack-iter", "1", "--out", str(tmp_path / "study")],
+         "--batch", "2", "--attack-iter", "1", "--visualize", "1", "--out", str(tmp_path / "study")],
         ["repro/validate.py", "--engine", "torch", "--zoo", "mini", "--model", "ResNet", "--limit", "20",
          "--out", str(tmp_path / "validate")],
         ["repro/predict.py", "--engine", "torch", "--zoo", "mini", "--model", "ResNet", "--input",
@@ -304,6 +304,7 @@ def test_torch_engine_runs_where_only_pytorch_is_installed(tmp_path):
                                 capture_output=True, text=True, timeout=600)
         assert result.returncode == 0, (command[0], result.stderr[-3000:])
     assert len(pd.read_csv(tmp_path / "study" / "blocks.csv")) > 0 and len(pd.read_csv(tmp_path / "p.csv")) == 1
+    assert (tmp_path / "study" / "feature_maps_ResNeXtDenoiseAll.png").stat().st_size > 0
     assert checkpoints.read_checkpoint(tmp_path / "synthetic.npz").arrays
 
 

@@ -65,6 +65,11 @@ def attack_model(engine, spec, checkpoint, precision="float32", device=None):
     return load(engine).attack_model(spec, checkpoint, precision=precision, device=device)
 
 
+def per_channel(engine, metric, reference, perturbed, **options):
+    """One metric for every channel of two (N, C, H, W) arrays → (N, C) float64, by ``engine``'s kernels."""
+    return load(engine).per_channel(metric, reference, perturbed, **options)
+
+
 def describe(engine, precision="float32", device=None):
     """What the manifest records about how the numbers were computed: engine, version, device, precision."""
     return dict(load(engine).describe(device), engine=engine, precision=precision)

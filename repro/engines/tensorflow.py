@@ -90,6 +90,11 @@ def attack_model(spec, checkpoint, precision="float32", device=None):
     return AttackGraph(spec, checkpoint, precision)
 
 
+def per_channel(metric, reference, perturbed, **options):
+    from repro.metrics import per_channel as graph_per_channel
+    return graph_per_channel(metric, reference, perturbed, **options)
+
+
 def describe(device=None):
     gpus = [gpu.name for gpu in tf.config.list_physical_devices("GPU")]
     import tensorflow

@@ -176,6 +176,13 @@ def attack_model(spec, checkpoint, precision="float32", device=None):
     return TorchAttackModel(spec, checkpoint, precision, device)
 
 
+def per_channel(metric, reference, perturbed, **options):
+    with torch.no_grad():
+        values = torch_metrics.metric_values(torch.as_tensor(np.asarray(reference)), torch.as_tensor(np.asarray(perturbed)),
+                                             (metric,), **options)
+    return values[metric].numpy()
+
+
 def describe(device=None):
     device = resolve_device(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
