@@ -7,9 +7,10 @@ classes. The table lives in `third_party/imagenet_classes.tsv` (provenance: `thi
 import csv
 import functools
 import operator
-import pathlib
 
-CLASS_INDEX_PATH = pathlib.Path(__file__).resolve().parent.parent / "third_party" / "imagenet_classes.tsv"
+from repro import resources
+
+CLASS_INDEX_PATH = resources.data_dir("third_party") / "imagenet_classes.tsv"
 NUM_CLASSES = 1000
 
 

@@ -67,5 +67,18 @@ class Classifier:
             return np.zeros((0, self.spec.arch.num_classes), np.float32)
         return np.concatenate(outputs).astype(np.float32)
 
+    def features(self, images_bgr, names, batch_size=16):
+        """{tap name: (N, C, H, W) float32} of the named tensors (e.g. ``group0/block0/block_output``)."""
+        tensors = {}
+        for name in names:
+            try:
+                tensors[name] = self.graph.get_tensor_by_name(name + ":0")
+            except KeyError:
+                raise ValueError("{} has no tensor {!r}: ask for block outputs (groupG/blockB/block_output) or, "
+                                 "in denoising models, denoised outputs".format(self.spec.name, name)) from None
+        parts = [self.session.run(tensors, {self.images: images_bgr[start:start + batch_size]})
+                 for start in range(0, len(images_bgr), batch_size)]
+        return {name: np.concatenate([part[name] for part in parts]) for name in names}
+
     def close(self):
         self.session.close()

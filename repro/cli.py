@@ -8,8 +8,6 @@ import os
 import sys
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-
 
 class UsageError(ValueError):
     """Bad input from the command line; shown as one line, exit status 2."""
@@ -88,13 +86,13 @@ def setup_logging(verbose=False):
 
 def checkpoint_path(spec, load=None):
     """``--load`` if given, else the bundled file (miniature zoo), else the zoo's file name under
-    ``$REPRO_CHECKPOINTS`` or ``checkpoints/``."""
+    ``$REPRO_CHECKPOINTS`` or ``checkpoints/`` (`repro.resources.checkpoint_dir`)."""
+    from repro import resources
     if load:
         return Path(load)
     if spec.bundled_dir:
-        return REPO_ROOT / spec.bundled_dir / spec.checkpoint
-    directory = Path(os.environ.get("REPRO_CHECKPOINTS", REPO_ROOT / "checkpoints"))
-    return directory / spec.checkpoint
+        return resources.data_dir(spec.bundled_dir) / spec.checkpoint
+    return resources.checkpoint_dir() / spec.checkpoint
 
 
 def missing_checkpoint_message(spec, path):

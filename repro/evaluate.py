@@ -11,6 +11,7 @@ manifest.json, Fig. 5.1 per model and Fig. 5.2 across models (PNG and PDF).
 Every batch is committed atomically to ``--out``/work; re-running the same command resumes.
 """
 import argparse
+import collections
 import json
 import logging
 import sys
@@ -395,6 +396,20 @@ def run_workers(argv, args, specs, work, images):
 
 
 def main(argv=None):
+    """The command line: run the study (`study`) and show its summary."""
+    tables = study(argv)
+    if tables is not None and len(tables.summary):
+        log.info("\n%s", tables.summary[["model", "perturbation", "n_images", "top1_accuracy", "attack_success_rate"]]
+                 .to_string(index=False))
+    return 0
+
+
+StudyTables = collections.namedtuple("StudyTables", "blocks images summary")
+
+
+def study(argv=None):
+    """Run the study as the command line ``argv`` asks; returns its tables (`StudyTables`: blocks, images,
+    summary as DataFrames, also written to ``--out``), or None in a ``--workers`` child."""
     from collections import defaultdict
 
     from repro import checkpoints, runner
@@ -451,7 +466,7 @@ def main(argv=None):
         # A child of --workers: report to the parent, which writes the tables once all shards are done.
         atomic_write_text(work.worker_file(args.shard, ".json"), json.dumps(
             {"checks": checks, "timings": dict(timings)}, indent=1))
-        return 0
+        return None
     tabled = tabled_batches(work, specs, args, count, hashes, selection)
     began = time.perf_counter()
     blocks, images, summary = runner.write_tables(work, {name: list(done) for name, done in tabled.items()}, args.out)
@@ -472,10 +487,7 @@ def main(argv=None):
         "wall_seconds": round(time.time() - started, 2), "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
         "figures": [str(f) for f in figures]})
     log.info("wrote %s (blocks.csv, images.csv, summary.csv, manifest.json, %d figure files)", args.out, len(figures))
-    if len(summary):
-        log.info("\n%s", summary[["model", "perturbation", "n_images", "top1_accuracy", "attack_success_rate"]]
-                 .to_string(index=False))
-    return 0
+    return StudyTables(blocks, images, summary)
 
 
 def stored_data_source(work, specs, args):
@@ -547,5 +559,10 @@ def models_in_tables(spec, receipts):
             "sha256": hashes[0] if len(hashes) == 1 else hashes}
 
 
-if __name__ == "__main__":
+def console_main():
+    """The ``repro-evaluate`` command."""
     sys.exit(cli.run_main(main))
+
+
+if __name__ == "__main__":
+    console_main()

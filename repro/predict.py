@@ -128,5 +128,10 @@ def main(argv=None):
     return 0 if len(table) else 1
 
 
-if __name__ == "__main__":
+def console_main():
+    """The ``repro-predict`` command."""
     sys.exit(cli.run_main(main))
+
+
+if __name__ == "__main__":
+    console_main()

@@ -133,14 +133,15 @@ def get_model(name: str, zoo: str = DEFAULT_ZOO, depth: Optional[int] = None) ->
                                checkpoint="{}-{}.npz".format(name, depth))
 
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+REPO_ROOT = Path(__file__).resolve().parent.parent     # the checkout (tests, scripts); data: repro.resources
 
 
 def model_card_path(spec: ModelSpec) -> Optional[Path]:
     """The model card (JSON) beside a checkpoint this repository ships, if the model has one."""
     if not spec.bundled_dir:
         return None
-    return REPO_ROOT / spec.bundled_dir / (Path(spec.checkpoint).stem + ".json")
+    from repro import resources
+    return resources.data_dir(spec.bundled_dir) / (Path(spec.checkpoint).stem + ".json")
 
 
 def published_numbers(spec: ModelSpec) -> Dict[int, Published]:

@@ -6,7 +6,7 @@ import pandas as pd
 import pytest
 
 from repro import zoo
-from tests.test_validate import mini_available
+from tests.test_validation import mini_available
 
 spec = importlib.util.spec_from_file_location("demo", zoo.REPO_ROOT / "scripts" / "demo.py")
 demo = importlib.util.module_from_spec(spec)

@@ -6,7 +6,6 @@ header of every request. Hashes are checked against hashlib and, where present, 
 """
 import hashlib
 import http.server
-import importlib.util
 import pathlib
 import random
 import re
@@ -17,6 +16,8 @@ import threading
 
 import pytest
 
+from repro import download as dl
+
 REPO_ROOT = pathlib.Path(__file__).resolve().parent.parent
 SCRIPT = REPO_ROOT / "scripts" / "download_checkpoints.py"
 CONTENT = random.Random(0).randbytes(200_003)   # not a multiple of the chunk size
@@ -24,14 +25,6 @@ CUT_AFTER = 70_001
 CHUNK = 4096
 
 
-def load_script():
-    spec = importlib.util.spec_from_file_location("download_checkpoints", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-dl = load_script()
 
 
 class ServerState:

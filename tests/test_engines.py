@@ -9,7 +9,7 @@ from repro import engines, zoo
 from repro.taps import taps_for
 
 CORE = ("zoo", "checkpoints", "protocol", "data", "taps", "aggregate", "plots", "runner", "robustness",
-        "package_metrics", "fileio", "minidata", "classes", "engines", "cli", "evaluate", "validate", "predict")
+        "package_metrics", "fileio", "minidata", "classes", "engines", "cli", "evaluate", "validation", "predict")
 
 
 def test_the_engine_neutral_core_imports_no_framework():

@@ -432,7 +432,7 @@ def test_help_and_bad_arguments_need_no_tensorflow():
     """Parsing comes first: --help answers without importing TensorFlow (about 0.3 s instead of 4–8 s)."""
     import subprocess
     import sys
-    for script in ("evaluate", "validate", "predict"):
+    for script in ("evaluate", "validation", "predict"):
         code = ("import sys; sys.argv = ['x', '--help']; from repro import cli, {0}\n"
                 "try:\n    cli.run_main({0}.main, ['--help'])\nexcept SystemExit:\n    pass\n"
                 "assert 'tensorflow' not in sys.modules and 'tensorpack' not in sys.modules, sorted(sys.modules)"

@@ -150,6 +150,22 @@ class TorchClassifier(RestoredNet):
             return np.zeros((0, self.spec.arch.num_classes), np.float32)
         return np.concatenate(outputs).astype(np.float32)
 
+    def features(self, images_bgr, names, batch_size=16):
+        """{tap name: (N, C, H, W) float32} of the named taps (as `repro.classifier.Classifier.features`)."""
+        from repro.data import to_model_space
+        from repro.taps import taps_for
+        known = {t.name for kind in ("block_output", "denoised") for t in taps_for(self.spec, kind)}
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ValueError("{} has no tensor {!r}: ask for block outputs (groupG/blockB/block_output) or, in "
+                             "denoising models, denoised outputs".format(self.spec.name, unknown[0]))
+        parts = []
+        with torch.no_grad():
+            for start in range(0, len(images_bgr), batch_size):
+                _, maps = self.model(self.tensor(to_model_space(images_bgr[start:start + batch_size])), taps=set(names))
+                parts.append({name: value.cpu().numpy() for name, value in maps.items()})
+        return {name: np.concatenate([part[name] for part in parts]) for name in names}
+
 
 class TorchAttackModel(RestoredNet):
     def clean_predictions(self, images_bgr):

@@ -1,4 +1,4 @@
-"""validate: interval arithmetic by hand, verdicts, and (miniature zoo) each shipped model passes its own
+"""validation (repro/validate.py): interval arithmetic by hand, verdicts, and (miniature zoo) each shipped model passes its own
 model card while a damaged copy fails."""
 import json
 import math
@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from repro import checkpoints, cli, validate, zoo
+from repro import checkpoints, cli, validation, zoo
 from repro.aggregate import wilson_interval
 
 Z = 1.959963984540054
@@ -25,24 +25,24 @@ def test_wilson_interval_by_hand():
 
 
 def test_verdict_widens_the_interval_by_the_published_fluctuation():
-    assert validate.verdict(30.0, 37.4, 37.7, 0.3) == "PASS"        # 37.7 ≤ 37.4 + 0.3
-    assert validate.verdict(30.0, 37.39, 37.7, 0.3) == "FAIL"
-    assert validate.verdict(38.0, 45.0, 37.7, 0.3) == "PASS"        # 37.7 ≥ 38.0 − 0.3
-    assert validate.verdict(38.01, 45.0, 37.7, 0.3) == "FAIL"
-    assert validate.verdict(0.0, 100.0, None, 0.3) == "n/a"
+    assert validation.verdict(30.0, 37.4, 37.7, 0.3) == "PASS"        # 37.7 ≤ 37.4 + 0.3
+    assert validation.verdict(30.0, 37.39, 37.7, 0.3) == "FAIL"
+    assert validation.verdict(38.0, 45.0, 37.7, 0.3) == "PASS"        # 37.7 ≥ 38.0 − 0.3
+    assert validation.verdict(38.01, 45.0, 37.7, 0.3) == "FAIL"
+    assert validation.verdict(0.0, 100.0, None, 0.3) == "n/a"
 
 
 def test_results_table_counts_errors_and_successes():
     spec = zoo.get_model("ResNet")
     records = pd.DataFrame({"label": [1, 2, 3, 4], "top1": [1, 9, 3, 7], "target": [5, 9, 8, 7],
                             "top5_hit": [True, True, False, True]})
-    attacked = {row["quantity"]: row for row in validate.results_table(spec, 10, records)}
+    attacked = {row["quantity"]: row for row in validation.results_table(spec, 10, records)}
     assert attacked["top1_error"]["count"] == 2 and attacked["top1_error"]["measured"] == 50.0
     assert attacked["top1_error"]["published"] == 47.5 and attacked["top1_error"]["verdict"] == "PASS"
     assert attacked["attack_success"]["count"] == 2 and attacked["attack_success"]["published"] == 5.5
     low, high = wilson_interval(2, 4)
     assert attacked["attack_success"]["ci95_low"] == pytest.approx(100 * low)
-    clean = {row["quantity"]: row for row in validate.results_table(spec, 0, records)}
+    clean = {row["quantity"]: row for row in validation.results_table(spec, 0, records)}
     assert clean["top5_error"]["count"] == 1 and clean["top5_error"]["verdict"] == "n/a"
 
 
@@ -62,7 +62,7 @@ def test_each_shipped_mini_model_passes_its_model_card(iterations, limit, tmp_pa
             "--batch", "100"]
     if limit:
         argv += ["--limit", str(limit)]
-    assert cli.run_main(validate.main, argv) == 0
+    assert cli.run_main(validation.main, argv) == 0
     table = pd.read_csv(tmp_path / "validate-mini-k{}.csv".format(iterations))
     assert set(table.model) == set(mini_available()) and (table.verdict != "FAIL").all()
     if iterations == 0:     # on the same images as the model card (its first n): exactly the card's number
@@ -83,7 +83,7 @@ def test_a_damaged_checkpoint_fails_with_a_non_zero_exit(tmp_path, capsys):
         if name.endswith("/mean/EMA") or name.endswith("/variance/EMA"):
             arrays[name] = rng.permutation(arrays[name])                   # scrambled BatchNorm statistics
     damaged = checkpoints.save_checkpoint(arrays, tmp_path / "damaged.npz")
-    status = cli.run_main(validate.main, ["--zoo", "mini", "--model", "ResNet", "--load", str(damaged),
+    status = cli.run_main(validation.main, ["--zoo", "mini", "--model", "ResNet", "--load", str(damaged),
                                           "--out", str(tmp_path / "o"), "--limit", "300", "--batch", "100"])
     assert status == 1
     out = capsys.readouterr().out
@@ -103,15 +103,15 @@ def test_an_interrupted_validation_continues_where_it_stopped(tmp_path, monkeypa
 
     argv = ["--zoo", "mini", "--model", "ResNet", "--limit", "100", "--batch", "20", "--out", str(tmp_path)]
     monkeypatch.setattr(classifier.Classifier, "predict_logits", dies_on_third_batch)
-    assert cli.run_main(validate.main, argv) == 130
+    assert cli.run_main(validation.main, argv) == 130
     assert len(list(tmp_path.glob("work/*/batch-*.csv"))) == 2
     monkeypatch.setattr(classifier.Classifier, "predict_logits", original)
     resumed = [("30" if previous == "--batch" else value) for previous, value in zip([None] + argv, argv)]
-    assert cli.run_main(validate.main, resumed) == 0                         # another --batch: no image twice
+    assert cli.run_main(validation.main, resumed) == 0                         # another --batch: no image twice
     table = pd.read_csv(tmp_path / "validate-mini-k0.csv")
     assert table.n.eq(100).all()
     reference = tmp_path / "fresh"
-    assert cli.run_main(validate.main, argv[:-1] + [str(reference)]) == 0
+    assert cli.run_main(validation.main, argv[:-1] + [str(reference)]) == 0
     pd.testing.assert_frame_equal(table, pd.read_csv(reference / "validate-mini-k0.csv"))
 
 
@@ -129,7 +129,7 @@ def test_records_of_another_checkpoint_limit_or_batch_are_never_reused_or_double
     out = tmp_path / "o"
 
     def table(*extra, where=out):
-        status = cli.run_main(validate.main, ["--zoo", "mini", "--model", "ResNet", "--out", str(where), *extra])
+        status = cli.run_main(validation.main, ["--zoo", "mini", "--model", "ResNet", "--out", str(where), *extra])
         return status, pd.read_csv(where / "validate-mini-k0.csv").set_index("quantity")
 
     status, good = table("--limit", "300", "--batch", "100")
@@ -154,10 +154,10 @@ def test_a_validation_folder_is_keyed_on_what_determines_its_records(tmp_path):
     from repro import runner
     spec = zoo.get_model("ResNet", "mini")
     selection = runner.image_selection(spec, None, 10)
-    one = validate.validation_identity(spec, "11" * 32, selection, 10, seed=0)
-    for other in (validate.validation_identity(spec, "22" * 32, selection, 10, seed=0),
-                  validate.validation_identity(spec, "11" * 32, selection, 10, seed=1),
-                  validate.validation_identity(spec, "11" * 32, selection, 100, seed=0)):
-        assert validate.Progress(tmp_path, one).directory != validate.Progress(tmp_path, other).directory
-    assert validate.Progress(tmp_path, one).directory == validate.Progress(
-        tmp_path, validate.validation_identity(spec, "11" * 32, runner.image_selection(spec, None, 20), 10, 0)).directory
+    one = validation.validation_identity(spec, "11" * 32, selection, 10, seed=0)
+    for other in (validation.validation_identity(spec, "22" * 32, selection, 10, seed=0),
+                  validation.validation_identity(spec, "11" * 32, selection, 10, seed=1),
+                  validation.validation_identity(spec, "11" * 32, selection, 100, seed=0)):
+        assert validation.Progress(tmp_path, one).directory != validation.Progress(tmp_path, other).directory
+    assert validation.Progress(tmp_path, one).directory == validation.Progress(
+        tmp_path, validation.validation_identity(spec, "11" * 32, runner.image_selection(spec, None, 20), 10, 0)).directory

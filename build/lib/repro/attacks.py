@@ -1,0 +1,45 @@
+"""Perturbations in model space (NCHW, [-1, 1]): targeted PGD and random noise (SPEC §3).
+
+Model-agnostic: the attack takes any ``model_fn(image) → logits``. The randomness (targets, PGD's
+random start, the random perturbation) is drawn per image from the run's seed and the image's index
+(`repro.protocol.perturbation_draws`), so an image gets the same target and noise whatever batch or shard
+it is in — which is what lets a killed or sharded run resume without changing any result.
+"""
+from repro.models import IMAGE_SCALE
+from repro.tfcompat import tf
+
+
+def epsilon_ball(image, epsilon_pixels):
+    """Bounds lo/hi = clip(x ∓ ε, −1, 1) of the L∞ ball in model space (Feature Denoising, Sec. 6)."""
+    epsilon = epsilon_pixels * IMAGE_SCALE
+    return tf.clip_by_value(image - epsilon, -1.0, 1.0), tf.clip_by_value(image + epsilon, -1.0, 1.0)
+
+
+def random_perturbation(image, noise, epsilon_pixels):
+    """x + ε·noise, clipped to the valid range [-1, 1] (SPEC §3); ``noise`` in [-1, 1]."""
+    return tf.clip_by_value(image + noise * (epsilon_pixels * IMAGE_SCALE), -1.0, 1.0)
+
+
+def pgd_targeted(model_fn, image, adversarial_start, target, epsilon_pixels, step_size_pixels, iterations):
+    """Targeted PGD (Madry et al.), white-box, as in Xie et al.'s evaluation (SPEC §3).
+
+    From ``adversarial_start`` (x + U(−ε, ε) for a fresh attack, or a previous chunk's result) take
+    ``iterations`` (a scalar tensor, so one graph serves any number of steps) steps of
+        adv ← clip(adv − α · sign(∇_adv CE(model(adv), target)), lo, hi)
+    — minimising the cross-entropy to the target — with lo/hi the ε-ball of ``image`` intersected with
+    [-1, 1]. Gradients are taken w.r.t. the input only; ``model_fn`` must build BatchNorm in inference
+    mode. With zero iterations the start is returned projected into the ball.
+    """
+    low, high = epsilon_ball(image, epsilon_pixels)
+    step = step_size_pixels * IMAGE_SCALE
+
+    def one_step(adversarial):
+        logits = model_fn(adversarial)
+        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(logits=logits, labels=target)
+        gradient, = tf.gradients(losses, adversarial)
+        return tf.clip_by_value(adversarial - tf.sign(gradient) * step, low, high)
+
+    with tf.name_scope("attack_loop"):
+        final = tf.while_loop(lambda _: True, one_step, [adversarial_start], back_prop=False,
+                              maximum_iterations=iterations, parallel_iterations=1)
+    return tf.clip_by_value(final, low, high)

@@ -1,0 +1,137 @@
+"""Shared pieces of the command-line entry points: logging, one-line errors, checkpoint lookup, option
+types and output checks. Imports no engine, so that ``--help`` and bad arguments answer at once."""
+import argparse
+import errno
+import logging
+import math
+import os
+import sys
+from pathlib import Path
+
+
+class UsageError(ValueError):
+    """Bad input from the command line; shown as one line, exit status 2."""
+
+
+class RunFailed(RuntimeError):
+    """A run failed for a reason its message states in full (e.g. a worker process); exit status 1."""
+
+
+def finite_float(text):
+    """An argparse type: a finite number (``nan`` and ``inf`` parse as floats but mean nothing here)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("{!r} is not a number".format(text)) from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError("{!r} is not a finite number".format(text))
+    return value
+
+
+def _unwritable_folder(path):
+    """Why a folder cannot be written at ``path`` (it need not exist yet), or None when it can."""
+    path = Path(path)
+    if path.exists() and not path.is_dir():
+        return "{} is a file, not a folder".format(path)
+    existing = path
+    while not existing.exists():
+        if existing.is_symlink():
+            return "{} is a broken symbolic link".format(existing)
+        existing = existing.parent
+    if not existing.is_dir():
+        return "{} is a file, not a folder".format(existing)
+    if not os.access(existing, os.W_OK | os.X_OK):
+        return "{} is not writable by this user".format(existing)
+    return None
+
+
+def check_writable_folder(path, option="--out"):
+    """Raise UsageError unless ``path`` is, or can be created as, a folder this process may write in.
+    Creates nothing: a run whose inputs turn out to be bad leaves no trace."""
+    problem = _unwritable_folder(path)
+    if problem:
+        raise UsageError("{} {}: {}; choose another {}".format(option, path, problem, option))
+
+
+def check_writable_file(path, option):
+    """Raise UsageError unless a file can be written at ``path`` (its folder exists or can be made)."""
+    path = Path(path)
+    problem = ("{} is a folder: give a file name".format(path) if path.is_dir() else
+               _unwritable_folder(path.parent) or (
+                   "{} exists and is not writable".format(path) if path.exists() and not os.access(path, os.W_OK)
+                   else None))
+    if problem:
+        raise UsageError("{} {}: {}".format(option, path, problem))
+
+
+def os_error_message(error):
+    """One line for a file-system error: what failed, on which file, and what to do."""
+    where = " ".join(str(name) for name in (error.filename, error.filename2) if name)
+    advice = {errno.ENOSPC: "free some space (or choose another output folder) and re-run the same command",
+              errno.EDQUOT: "free some space (or choose another output folder) and re-run the same command",
+              errno.EACCES: "check the permissions or choose another output folder",
+              errno.EPERM: "check the permissions or choose another output folder",
+              errno.EROFS: "choose an output folder on a writable file system"}.get(
+        error.errno, "check the path and re-run the same command")
+    return "{}{}: {}; results committed so far are kept".format(
+        error.strerror or error, " ({})".format(where) if where else "", advice)
+
+
+def setup_logging(verbose=False):
+    logging.basicConfig(level=logging.DEBUG if verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("fontTools", "matplotlib", "PIL"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def checkpoint_path(spec, load=None):
+    """``--load`` if given, else the bundled file (miniature zoo), else the zoo's file name under
+    ``$REPRO_CHECKPOINTS`` or ``checkpoints/`` (`repro.resources.checkpoint_dir`)."""
+    from repro import resources
+    if load:
+        return Path(load)
+    if spec.bundled_dir:
+        return resources.data_dir(spec.bundled_dir) / spec.checkpoint
+    return resources.checkpoint_dir() / spec.checkpoint
+
+
+def missing_checkpoint_message(spec, path):
+    """What to do when a checkpoint is not on this machine (a few lines, no traceback)."""
+    lines = ["checkpoint for {} not found at {}.".format(spec.name, path)]
+    if spec.url:
+        lines.append("Download it with:  python scripts/download_checkpoints.py --model {}".format(spec.name))
+        lines.append("  (or fetch {} yourself and pass --load PATH, or set REPRO_CHECKPOINTS=DIR)".format(spec.url))
+    else:
+        lines.append("Pass --load PATH with a checkpoint of this architecture.")
+    if spec.zoo == "imagenet":
+        lines.append("Or run the same study on the miniature zoo this repository ships (no download):")
+        lines.append("  python repro/evaluate.py --zoo mini --model ResNet ResNetDenoise ResNeXtDenoiseAll   (or: make demo)")
+    return "\n".join(lines)
+
+
+def run_main(main, argv=None):
+    """Run ``main(argv)``; expected failures become one line on stderr and a non-zero exit status."""
+    from repro.checkpoints import CheckpointError
+    from repro.data import UnreadableImageError
+    from repro.engines import EngineUnavailable
+    from repro.runner import DamagedBatch, RunConfigMismatch
+    from repro.zoo import UnknownModelError
+    try:
+        return main(argv) or 0
+    except (UsageError, UnknownModelError, RunConfigMismatch, EngineUnavailable) as error:
+        print("error: {}".format(error), file=sys.stderr)
+        return 2
+    except (CheckpointError, UnreadableImageError, DamagedBatch, ValueError, RunFailed) as error:
+        if os.environ.get("REPRO_DEBUG"):
+            raise
+        print("error: {}".format(error), file=sys.stderr)
+        return 1
+    except OSError as error:          # a full disk, a read-only folder, a file where a folder should be
+        if os.environ.get("REPRO_DEBUG"):
+            raise
+        print("error: {}".format(os_error_message(error) if error.errno else error), file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted: results committed so far are kept; re-run the same command to continue",
+              file=sys.stderr)
+        return 130

@@ -1,0 +1,33 @@
+"""Model definitions (tensorpack, NCHW) and the graph entry points used by every pipeline."""
+import contextlib
+
+from repro.tfcompat import tf  # before tensorpack: TensorFlow's environment and native-log filter
+from tensorpack.tfutils.tower import TowerContext, get_current_tower_context
+
+from repro.models.nets import BUILDERS
+
+IMAGE_SCALE = 2.0 / 255
+"""Pixels (BGR, 0..255) map to the model's input space by x · 2/255 − 1 (SPEC §2)."""
+
+
+def preprocess(images_bgr_nhwc):
+    """BGR NHWC images in [0, 255] (uint8 or float) → NCHW float32 in [-1, 1] (SPEC §2)."""
+    with tf.name_scope("image_preprocess"):
+        images = tf.cast(images_bgr_nhwc, tf.float32) * IMAGE_SCALE - 1.0
+        return tf.transpose(images, [0, 3, 1, 2])
+
+
+def model_function(spec, training=False):
+    """A function image_nchw → logits for ``spec`` (a ``repro.zoo.ModelSpec``), callable any number of
+    times in one graph: the first call creates the variables, later calls (the attack's loop body,
+    the tapped forward pass) share them. BatchNorm runs in inference mode unless ``training`` — also
+    during the attack (SPEC §3). Inside an enclosing tensorpack TowerContext, that context decides."""
+    builder = BUILDERS[spec.arch.family]
+
+    def logits_of(image_nchw):
+        tower = contextlib.nullcontext() if get_current_tower_context() is not None \
+            else TowerContext("", is_training=training)
+        with tower, tf.variable_scope(tf.get_variable_scope(), reuse=tf.AUTO_REUSE):
+            return builder(image_nchw, spec.arch)
+
+    return logits_of

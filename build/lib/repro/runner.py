@@ -1,0 +1,433 @@
+"""Running the study: work directory, per-batch atomic commits with provenance, resume, shards, outputs.
+
+Layout of ``--out``:
+    work/config.json                  the run's settings (written once the inputs are checked; a resumed run
+                                      with other settings is refused before any work)
+    work/<model>/blocks.json          the model's block table (taps, shapes)
+    work/<model>/batch-<first>-<last>.csv / .npz / .json
+                                      per-image records, block statistics, and the batch's receipt
+Every batch is committed atomically, its receipt (``.json``) last: a batch is done iff its receipt exists
+and verifies. The receipt records what made the batch — the settings, the model and its checkpoint's
+SHA-256, the images (id, path, label) — and the SHA-256 of its ``.csv`` and ``.npz``. So a resumed run, a
+merge of shards and ``--aggregate-only`` count a batch only when it was computed exactly as this run asks
+(anything else is refused, naming the file and the difference), and a damaged batch file is detected
+(recomputed on resume, named when aggregating). The tables describe exactly the batches of the requested
+selection (``batch_plan``): batches left over from a larger ``--images`` are not counted.
+Memory does not grow with the number of images: each batch's statistics go to disk, and the tables are
+made by merging the per-batch sufficient statistics (`repro.aggregate`).
+"""
+import dataclasses
+import datetime
+import functools
+import hashlib
+import json
+import logging
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from repro.fileio import atomic_write_text
+from repro.protocol import PERTURBATIONS
+
+log = logging.getLogger(__name__)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+RECEIPT_FORMAT = 2
+
+
+class RunConfigMismatch(ValueError):
+    """Results in ``--out`` were computed differently from what this run asks; nothing is mixed."""
+
+
+class DamagedBatch(ValueError):
+    """A committed batch whose files are missing, unreadable or do not match their receipt."""
+
+
+def result_config(study_config, selection_rule, batch_size, data_source=None, engine="tensorflow",
+                  precision="float32"):
+    """The settings that determine every number a batch produces, besides the model and the images
+    (those are recorded per batch): the study's settings, the selection rule, the batch plan, the data
+    source (`Selection.source`), and the engine and attack precision (engines agree to float round-off,
+    not bit for bit, so their batches are not mixed)."""
+    config = dataclasses.asdict(study_config)
+    config.pop("attack_chunk")
+    config["metrics"] = list(config["metrics"])
+    config["step_size_used"] = study_config.step_size
+    config["selection"] = selection_rule
+    config["batch"] = batch_size
+    config["data"] = data_source
+    config["engine"] = engine
+    config["precision"] = precision
+    return json_form(config)
+
+
+def model_identity(spec, checkpoint_sha256):
+    """What a batch's numbers depend on about the model: the zoo entry, its architecture, the checkpoint."""
+    return json_form({"name": spec.name, "zoo": spec.zoo, "depth": spec.depth,
+                      "architecture": dataclasses.asdict(spec.arch), "checkpoint_sha256": checkpoint_sha256})
+
+
+def json_form(value):
+    """``value`` as it reads back from JSON (tuples become lists), so that recorded and expected compare."""
+    return json.loads(json.dumps(value))
+
+
+def batch_plan(count, batch_size, shard=None):
+    """The batches (first, last) of a selection of ``count`` images, ``batch_size`` at a time; with
+    ``shard`` = (I, K) only every K-th from the I-th. Fixed by (count, batch size): the batches of a
+    smaller selection are a prefix, except that a partial last batch differs."""
+    batches = [(first, min(first + batch_size, count) - 1) for first in range(0, count, batch_size)]
+    if shard:
+        batches = [b for number, b in enumerate(batches) if number % shard[1] == shard[0]]
+    return batches
+
+
+def _file_sha256(path):
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _differences(recorded, expected, prefix=""):
+    """``key: recorded → expected`` for every key whose values differ (nested dicts by dotted key);
+    an expected value of None means "not known to this run" and is not compared."""
+    changes = []
+    for key in sorted(set(recorded) | set(expected), key=str):
+        old, new = recorded.get(key), expected.get(key)
+        if new is None and key in expected:
+            continue
+        if isinstance(old, dict) and isinstance(new, dict):
+            changes += _differences(old, new, prefix + key + ".")
+        elif old != new:
+            changes.append("{}{}: {} → {}".format(prefix, key, _short(old), _short(new)))
+    return changes
+
+
+def _short(value):
+    text = json.dumps(value) if not isinstance(value, str) else value
+    if isinstance(value, str) and len(value) == 64 and all(c in "0123456789abcdef" for c in value):
+        return value[:12] + "…"             # a SHA-256
+    return text if len(text) <= 80 else text[:77] + "…"
+
+
+def identity_differences(recorded, expected):
+    """What differs between a batch's recorded identity and the one this run expects, in words."""
+    changes = _differences(recorded.get("settings") or {}, expected.get("settings") or {}, "")
+    changes += _differences(recorded.get("model") or {}, expected.get("model") or {}, "model.")
+    if expected.get("images") is not None and recorded.get("images") != expected["images"]:
+        old = {row[0]: row for row in recorded.get("images") or []}
+        new = {row[0]: row for row in expected["images"]}
+        for image_id in sorted(set(old) | set(new)):
+            if old.get(image_id) != new.get(image_id):
+                describe = lambda row: "absent" if row is None else "{} (label {})".format(row[1], row[2])  # noqa: E731
+                changes.append("image {}: {} → {}".format(image_id, describe(old.get(image_id)),
+                                                           describe(new.get(image_id))))
+                break
+    return changes
+
+
+class WorkDirectory:
+    """The run's ``work/`` folder: its settings, the batches committed in it and their receipts."""
+
+    def __init__(self, out, config):
+        self.out = Path(out)
+        self.root = self.out / "work"
+        self.config = config
+
+    def check_settings(self):
+        """Refuse when ``config.json`` records other settings than this run's (naming them)."""
+        path = self.root / "config.json"
+        if not path.exists():
+            return
+        try:
+            existing = json.loads(path.read_text())
+        except (OSError, ValueError) as error:
+            raise RunConfigMismatch("{} is unreadable ({}): use another --out, or delete it to start over".format(
+                path, error)) from None
+        changes = _differences(existing, self.config)
+        if changes:
+            raise RunConfigMismatch(
+                "{} holds results computed with different settings ({}); use another --out or delete "
+                "it to start over".format(self.root, "; ".join(changes)))
+
+    def claim(self):
+        """Record this run's settings in ``config.json``, or refuse when the folder holds other ones.
+        Call it once the inputs are checked, so that a failed start never locks the folder."""
+        self.check_settings()
+        path = self.root / "config.json"
+        if not path.exists():
+            atomic_write_text(path, json.dumps(self.config, indent=1, sort_keys=True))
+
+    def model_dir(self, model):
+        return self.root / model
+
+    @staticmethod
+    def batch_stem(first, last):
+        return "batch-{:06d}-{:06d}".format(first, last)
+
+    def batch_files(self, model, first, last):
+        """(records .csv, statistics .npz, receipt .json) of one batch."""
+        stem = self.model_dir(model) / self.batch_stem(first, last)
+        return stem.with_suffix(".csv"), stem.with_suffix(".npz"), stem.with_suffix(".json")
+
+    def commit_batch(self, model, first, last, records, statistics, info, identity):
+        """Records and statistics first, the receipt last (atomic renames): the receipt marks the batch
+        done and holds the SHA-256 of the other two files and the identity of what made them."""
+        records_path, statistics_path, receipt_path = self.batch_files(model, first, last)
+        receipt_path.unlink(missing_ok=True)          # a stale receipt must never vouch for new files
+        atomic_write_text(records_path, records.to_csv(index=False))
+        statistics.save(statistics_path)
+        receipt = dict(info, format=RECEIPT_FORMAT, model=model, batch=[first, last], identity=identity,
+                       files={"csv": _file_sha256(records_path), "npz": _file_sha256(statistics_path)},
+                       committed=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+        atomic_write_text(receipt_path, json.dumps(receipt, indent=1))
+
+    def receipt(self, model, first, last):
+        """The verified receipt of a committed batch, or None when the batch was never committed.
+        Raises DamagedBatch when its files are unreadable or differ from what the receipt recorded."""
+        records_path, statistics_path, receipt_path = self.batch_files(model, first, last)
+        if not receipt_path.exists():
+            return None
+        try:
+            receipt = json.loads(receipt_path.read_text())
+        except (OSError, ValueError) as error:
+            raise DamagedBatch("{}: unreadable receipt ({})".format(receipt_path, error)) from None
+        if not isinstance(receipt, dict) or receipt.get("format") != RECEIPT_FORMAT:
+            raise RunConfigMismatch(
+                "{} was written by an older version of this tool and does not record what computed it: use "
+                "another --out, or delete {} to recompute".format(receipt_path, self.root))
+        for path, kind in ((records_path, "csv"), (statistics_path, "npz")):
+            try:
+                digest = _file_sha256(path)
+            except OSError as error:
+                raise DamagedBatch("{}: {}".format(path, error.strerror or error)) from None
+            if digest != receipt.get("files", {}).get(kind):
+                raise DamagedBatch("{}: its SHA-256 differs from the one recorded in {} (damaged or "
+                                   "modified)".format(path, receipt_path.name))
+        return receipt
+
+    def check_batch(self, model, first, last, expected):
+        """The receipt of a committed batch whose identity is ``expected``; None when not committed.
+        A batch computed differently raises RunConfigMismatch naming the file and the difference."""
+        receipt = self.receipt(model, first, last)
+        if receipt is None:
+            return None
+        changes = identity_differences(receipt["identity"], expected)
+        if changes:
+            raise RunConfigMismatch(
+                "{} was computed differently from this run ({}): use another --out, or delete {} to "
+                "recompute".format(self.batch_files(model, first, last)[2], "; ".join(changes), self.model_dir(model)))
+        return receipt
+
+    def discard_batch(self, model, first, last):
+        """Remove a batch's files, receipt first (so that it never vouches for a half-removed batch)."""
+        for path in reversed(self.batch_files(model, first, last)):
+            path.unlink(missing_ok=True)
+
+    def committed_batches(self, model):
+        """(first, last) of every batch of ``model`` with a receipt, whether in this run's plan or not."""
+        bounds = (path.stem.split("-")[1:3] for path in self.model_dir(model).glob("batch-*.json"))
+        return sorted((int(first), int(last)) for first, last in bounds)
+
+    def worker_file(self, shard, suffix):
+        """A ``--workers`` child's file for shard (I, K): ``.json`` its report, ``.progress`` its
+        current batch's attacked fraction."""
+        return self.root / "workers" / "shard-{}-of-{}{}".format(shard[0], shard[1], suffix)
+
+    def save_block_table(self, model, table):
+        atomic_write_text(self.model_dir(model) / "blocks.json", json.dumps(table, indent=1))
+
+    def block_table(self, model):
+        path = self.model_dir(model) / "blocks.json"
+        if not path.exists():
+            raise FileNotFoundError("no results for {} in {}: run it first".format(model, self.root))
+        return json.loads(path.read_text())
+
+
+def resume_state(work, model, plan, expected, recompute_damaged=True):
+    """Split ``plan`` (a model's batches) into (done: {batch: receipt}, pending: [batch]).
+
+    ``expected(first, last)`` is the identity each batch must carry. A batch computed differently
+    raises RunConfigMismatch. A damaged one is discarded and recomputed (``recompute_damaged``) or
+    raises DamagedBatch naming the file (when this process cannot recompute it).
+    """
+    done, pending = {}, []
+    for first, last in plan:
+        try:
+            receipt = work.check_batch(model, first, last, expected(first, last))
+        except DamagedBatch as error:
+            if not recompute_damaged:
+                raise DamagedBatch("{}; re-run the study command (without --aggregate-only) to recompute "
+                                   "it".format(error)) from None
+            log.warning("%s; recomputing that batch", error)
+            work.discard_batch(model, first, last)
+            receipt = None
+        if receipt is None:
+            pending.append((first, last))
+        else:
+            done[(first, last)] = receipt
+    return done, pending
+
+
+def check_uniform(receipts, what):
+    """All ``receipts`` (of one model) must share settings and model identity: names two that differ."""
+    items = sorted(receipts.items())
+    for (bounds, receipt) in items[1:]:
+        changes = identity_differences(dict(receipt["identity"], images=None),
+                                       dict(items[0][1]["identity"], images=None))
+        if changes:
+            raise RunConfigMismatch("{}: batches {} and {} were computed differently ({}); delete the "
+                                    "folder and recompute".format(what, WorkDirectory.batch_stem(*items[0][0]),
+                                                                  WorkDirectory.batch_stem(*bounds), "; ".join(changes)))
+
+
+def batch_records(model, result, paths, skipped):
+    """Per-image rows of one batch; unreadable images get a row with their error."""
+    rows = []
+    for position, image_id in enumerate(result.image_ids if result else []):
+        rows.append(dict(
+            model=model, image=int(image_id), path=str(paths[image_id]), label=int(result.labels[position]),
+            target=int(result.targets[position]),
+            **{"pred_" + p: int(result.predictions[p][position]) for p in ("clean",) + PERTURBATIONS},
+            attack_success=bool(result.predictions["adversarial"][position] == result.targets[position]),
+            error=""))
+    for image_id, path, error in skipped:
+        rows.append(dict(model=model, image=int(image_id), path=str(path), label=-1, target=-1, pred_clean=-1,
+                         pred_random=-1, pred_adversarial=-1, attack_success=False, error=str(error)))
+    return pd.DataFrame(rows).sort_values("image") if rows else pd.DataFrame()
+
+
+def batch_statistics(model, first, last, result):
+    from repro import aggregate
+    statistics = aggregate.BlockStatistics(sources=["{}:{}-{}".format(model, first, last)])
+    if result is not None and len(result.image_ids):
+        statistics.add_many(model, result.values)
+    return statistics
+
+
+MINI_TEST_PREFIX = "mini-test/"
+
+
+@dataclasses.dataclass
+class Selection:
+    """The images a run studies, in selection order (image id = position), and where they come from."""
+    paths: list
+    labels: np.ndarray
+    loader: object             # path → BGR uint8 image of the model's input size
+    source: dict               # the data's identity, part of the run's settings
+
+    def __len__(self):
+        return len(self.paths)
+
+    def identity(self, first, last):
+        """[id, path, label] of images first … last: what a batch records about its images."""
+        return [[index, str(self.paths[index]), int(self.labels[index])] for index in range(first, last + 1)]
+
+
+def image_selection(spec, data_dir, count, seed=0):
+    """The `Selection` of ``count`` images for ``spec``'s zoo.
+
+    ImageNet: validation images chosen by `repro.data.select_images` (seeded round-robin over classes)
+    from the folder ``data_dir``, whose resolved path is the data's identity. Miniature zoo: the first
+    ``count`` of its fixed, class-interleaved test split (`repro.minidata`), named ``mini-test/<index>``,
+    identified by the SHA-256 of the split's pixels and labels.
+    """
+    from repro import data
+    if spec.zoo == "mini":
+        from repro import minidata
+        images, labels = minidata.load_split("test")
+        if count is None or count > len(images):
+            if count is not None:
+                log.warning("the miniature test split has %d images; using all of them", len(images))
+            count = len(images)
+        digest = hashlib.sha256(np.ascontiguousarray(images).tobytes() + np.asarray(labels, np.int64).tobytes())
+        paths = ["{}{:05d}".format(MINI_TEST_PREFIX, index) for index in range(count)]
+        return Selection(paths, np.asarray(labels[:count]), lambda path: images[int(str(path)[len(MINI_TEST_PREFIX):])],
+                         {"dataset": "mini test split", "sha256": digest.hexdigest()})
+    samples = data.imagenet_samples(data_dir)
+    chosen = data.select_images(samples, len(samples) if count is None else count, seed=seed)
+    loader = functools.partial(data.load_imagenet_val_image, crop=spec.arch.input_size)
+    source = {"dataset": "imagenet val", "folder": str(data.find_imagenet_val(data_dir).resolve()),
+              "images_in_folder": len(samples)}
+    return Selection([path for path, _ in chosen], np.array([label for _, label in chosen]), loader, source)
+
+
+# --- outputs ---------------------------------------------------------------------------------------
+
+def package_versions():
+    from importlib import metadata
+    names = ("tensorflow", "tf-keras", "tensorpack", "torch", "numpy", "scikit-image", "image-similarity-measures",
+             "opencv-python-headless", "pandas", "matplotlib", "scipy")
+    versions = {}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    versions["python"] = sys.version.split()[0]
+    return versions
+
+
+def git_state(paths=()):
+    """The repository's commit and whether tracked files differ from it; with ``paths``, only those
+    files and folders count, and the changed ones are listed (``uncommitted_changes``)."""
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], cwd=REPO_ROOT, capture_output=True, text=True,
+                                timeout=10).stdout.strip() or None
+        status = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", *paths],
+                                cwd=REPO_ROOT, capture_output=True, text=True, timeout=10).stdout
+    except (OSError, subprocess.SubprocessError):
+        return {"commit": None, "dirty": None, **({"uncommitted_changes": None} if paths else {})}
+    changed = [line[3:] for line in status.splitlines() if line.strip()]
+    return {"commit": commit, "dirty": bool(changed), **({"uncommitted_changes": changed} if paths else {})}
+
+
+def write_tables(work, batches, out):
+    """Merge the batches ``{model: [(first, last), …]}`` (committed, verified) into blocks.csv, images.csv,
+    summary.csv — exactly those batches, so the tables describe the requested selection and nothing else."""
+    from repro import aggregate
+    out = Path(out)
+    statistics, tables, records = aggregate.BlockStatistics(), [], []
+    for model, bounds in batches.items():
+        files = [work.batch_files(model, first, last) for first, last in sorted(bounds)]
+        statistics.merge(aggregate.load_statistics(npz for _, npz, _ in files))
+        tables.extend(work.block_table(model))
+        records.extend(pd.read_csv(csv) for csv, _, _ in files)
+    blocks = aggregate.blocks_frame(statistics, tables)
+    images = pd.concat(records, ignore_index=True) if records else pd.DataFrame()
+    classified = images[images["error"].isna() | (images["error"] == "")] if len(images) else images
+    summary = aggregate.summary_frame(classified.drop(columns=["path", "error"])) if len(classified) else pd.DataFrame()
+    atomic_write_text(out / "blocks.csv", blocks.to_csv(index=False))
+    atomic_write_text(out / "images.csv", images.to_csv(index=False))
+    atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
+    return blocks, images, summary
+
+
+def figure_metrics(metrics):
+    """The metrics the figures show: the paper's four where they were computed, else the first four
+    computed (a run of ``--metrics mse`` gets a figure of MSE, not three empty panels)."""
+    from repro.protocol import PAPER_METRICS
+    chosen = [metric for metric in PAPER_METRICS if metric in metrics]
+    return tuple(chosen or list(metrics)[:4])
+
+
+def write_figures(blocks, models, out, metrics):
+    from repro import plots
+    out = Path(out)
+    written = []
+    metrics = figure_metrics(metrics)
+    for model in models:
+        written += plots.plot_model_figure(blocks, model, out / "fig5_1_{}".format(model), metrics=metrics)
+    written += plots.plot_models_figure(blocks, out / "fig5_2", metrics=metrics, models=models)
+    return written
+
+
+def write_manifest(out, manifest):
+    manifest = dict(manifest, written=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+    atomic_write_text(Path(out) / "manifest.json", json.dumps(manifest, indent=1, default=str))
+
+
+def machine():
+    return {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count()}

@@ -1,0 +1,207 @@
+"""The PyTorch engine: the study, the classifier and the evaluation attack on a restored `ZooNet`.
+
+Same interface as `repro.engines.tensorflow` (see `repro.engines`): the batch's flow is the shared
+`repro.protocol.StudyFlow`; here only the three computations differ — PGD steps, the tapped forward pass
+with the metrics (float64 on the device), and clean logits. Float32 with TF32 off everywhere by default;
+``precision='tf32'`` or ``'bf16'`` applies to the attack loop only.
+"""
+import contextlib
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from repro import checkpoints
+from repro.protocol import PERTURBATIONS, StudyFlow
+from repro.taps import taps_for
+from repro.torch import metrics as torch_metrics
+from repro.torch.models import build, restore
+
+PRECISIONS = ("float32", "tf32", "bf16")
+IMAGE_SCALE = 2.0 / 255
+
+
+def resolve_device(device=None):
+    """``device`` as a torch.device; default the first GPU where there is one, else the CPU."""
+    if device in (None, "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("--device {} asked for, but PyTorch sees no CUDA device here".format(device))
+    return device
+
+
+def set_tf32(enabled):
+    """PyTorch's TF32 switches (matmuls and cuDNN convolutions); off is true float32."""
+    torch.backends.cuda.matmul.allow_tf32 = bool(enabled)
+    torch.backends.cudnn.allow_tf32 = bool(enabled)
+
+
+@contextlib.contextmanager
+def attack_precision(precision, device):
+    """The attack loop's arithmetic; everything outside it stays float32 with TF32 off."""
+    if precision == "tf32":
+        set_tf32(True)
+        try:
+            yield
+        finally:
+            set_tf32(False)
+    elif precision == "bf16":
+        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+            yield
+    else:
+        yield
+
+
+class RestoredNet:
+    """A zoo network restored strictly from a checkpoint, on a device, without parameter gradients."""
+
+    def __init__(self, spec, checkpoint, precision="float32", device=None):
+        threads = os.environ.get("REPRO_THREADS")
+        if threads:
+            torch.set_num_threads(int(threads))
+        set_tf32(False)
+        self.spec, self.precision, self.device = spec, precision, resolve_device(device)
+        self.checkpoint = checkpoint if isinstance(checkpoint, checkpoints.Checkpoint) \
+            else checkpoints.read_checkpoint(checkpoint)
+        self.model = build(spec)
+        restore(self.model, self.checkpoint, spec)
+        self.model.to(self.device)
+        for parameter in self.model.parameters():
+            parameter.requires_grad_(False)
+
+    def tensor(self, array):
+        return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
+
+    def pgd(self, clean, adversarial, targets, steps, epsilon_pixels, step_pixels):
+        """``steps`` targeted PGD steps (SPEC §3) from ``adversarial``; tensors in, tensor out. As
+        `repro.attacks.pgd_targeted`: the gradient of the summed cross-entropy to the targets w.r.t. the
+        input, adv ← clip(adv − α·sign(∇), lo, hi), lo/hi = clip(x ∓ ε, −1, 1); the start is projected only
+        after the first step, and the result once more at the end (so 0 steps give the projected start)."""
+        epsilon, step = epsilon_pixels * IMAGE_SCALE, step_pixels * IMAGE_SCALE
+        low, high = torch.clamp(clean - epsilon, -1.0, 1.0), torch.clamp(clean + epsilon, -1.0, 1.0)
+        for _ in range(steps):
+            adversarial = adversarial.detach().requires_grad_(True)
+            with attack_precision(self.precision, self.device):
+                logits = self.model(adversarial)
+            loss = F.cross_entropy(logits.float(), targets, reduction="sum")
+            gradient, = torch.autograd.grad(loss, adversarial)
+            adversarial = torch.minimum(torch.maximum(adversarial.detach() - step * torch.sign(gradient), low), high)
+        return torch.minimum(torch.maximum(adversarial.detach(), low), high)
+
+    def close(self):
+        self.model = None
+        if self.device.type == "cuda":
+            torch.cuda.empty_cache()
+
+
+class TorchStudy(StudyFlow, RestoredNet):
+    """The study of one model in PyTorch (the flow is `StudyFlow`'s)."""
+
+    def __init__(self, spec, checkpoint, config, precision="float32", device=None):
+        RestoredNet.__init__(self, spec, checkpoint, precision, device)
+        self.config = config
+        self.taps = taps_for(spec, config.tap)
+
+    def clean_logits(self, clean):
+        with torch.no_grad():
+            return self.model(self.tensor(clean)).cpu().numpy()
+
+    def attack_steps(self, clean, adversarial, targets, steps):
+        config = self.config
+        result = self.pgd(self.tensor(clean), self.tensor(adversarial),
+                          torch.from_numpy(np.asarray(targets, np.int64)).to(self.device), steps, config.epsilon,
+                          config.step_size)
+        return result.cpu().numpy()
+
+    def measure(self, clean, random_noise, adversarial, feature_blocks=()):
+        config, n = self.config, len(clean)
+        names = {tap.name: tap for tap in self.taps}
+        with torch.no_grad():
+            clean_t = self.tensor(clean)
+            randomised = torch.clamp(clean_t + self.tensor(random_noise) * (config.epsilon * IMAGE_SCALE), -1.0, 1.0)
+            logits, maps = self.model(torch.cat([clean_t, randomised, self.tensor(adversarial)]), taps=set(names))
+            predictions = logits.argmax(dim=1).cpu().numpy()
+            clean_finite = torch.isfinite(logits[:n]).all(dim=1)
+            values, features = {}, {}
+            for name, tap in names.items():
+                parts = maps[name].split(n)
+                clean_finite &= torch.isfinite(parts[0]).flatten(1).all(dim=1)
+                for perturbation, perturbed in zip(PERTURBATIONS, parts[1:]):
+                    computed = torch_metrics.metric_values(parts[0], perturbed, config.metrics,
+                                                           data_range=config.ssim_data_range)
+                    for metric, value in computed.items():
+                        values[(perturbation, metric, tap.block_index)] = value.cpu().numpy()
+                if tap.block_index in feature_blocks:
+                    features[tap.block_index] = maps[name].cpu().numpy()
+        return {"predictions": {name: predictions[i * n:(i + 1) * n] for i, name in enumerate(("clean",) + PERTURBATIONS)},
+                "values": values, "clean_finite": clean_finite.cpu().numpy(), "features": features}
+
+
+class TorchClassifier(RestoredNet):
+    def predict_logits(self, images_bgr, batch_size=16):
+        from repro.data import to_model_space
+        outputs = []
+        with torch.no_grad():
+            for start in range(0, len(images_bgr), batch_size):
+                outputs.append(self.model(self.tensor(to_model_space(images_bgr[start:start + batch_size]))).cpu().numpy())
+        if not outputs:
+            return np.zeros((0, self.spec.arch.num_classes), np.float32)
+        return np.concatenate(outputs).astype(np.float32)
+
+    def features(self, images_bgr, names, batch_size=16):
+        """{tap name: (N, C, H, W) float32} of the named taps (as `repro.classifier.Classifier.features`)."""
+        from repro.data import to_model_space
+        from repro.taps import taps_for
+        known = {t.name for kind in ("block_output", "denoised") for t in taps_for(self.spec, kind)}
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ValueError("{} has no tensor {!r}: ask for block outputs (groupG/blockB/block_output) or, in "
+                             "denoising models, denoised outputs".format(self.spec.name, unknown[0]))
+        parts = []
+        with torch.no_grad():
+            for start in range(0, len(images_bgr), batch_size):
+                _, maps = self.model(self.tensor(to_model_space(images_bgr[start:start + batch_size])), taps=set(names))
+                parts.append({name: value.cpu().numpy() for name, value in maps.items()})
+        return {name: np.concatenate([part[name] for part in parts]) for name in names}
+
+
+class TorchAttackModel(RestoredNet):
+    def clean_predictions(self, images_bgr):
+        from repro.data import to_model_space
+        with torch.no_grad():
+            return self.model(self.tensor(to_model_space(images_bgr))).argmax(dim=1).cpu().numpy()
+
+    def adversarial_predictions(self, clean, start, targets, steps, epsilon, step_size):
+        adversarial = self.pgd(self.tensor(clean), self.tensor(start),
+                               torch.from_numpy(np.asarray(targets, np.int64)).to(self.device), steps, epsilon, step_size)
+        with torch.no_grad():
+            return self.model(adversarial).argmax(dim=1).cpu().numpy()
+
+
+def study(spec, checkpoint, config, precision="float32", device=None):
+    return TorchStudy(spec, checkpoint, config, precision, device)
+
+
+def classifier(spec, checkpoint, device=None):
+    return TorchClassifier(spec, checkpoint, device=device)
+
+
+def attack_model(spec, checkpoint, precision="float32", device=None):
+    return TorchAttackModel(spec, checkpoint, precision, device)
+
+
+def per_channel(metric, reference, perturbed, **options):
+    with torch.no_grad():
+        values = torch_metrics.metric_values(torch.as_tensor(np.asarray(reference)), torch.as_tensor(np.asarray(perturbed)),
+                                             (metric,), **options)
+    return values[metric].numpy()
+
+
+def describe(device=None):
+    device = resolve_device(device)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {"framework": "torch " + torch.__version__, "device": "{} ({})".format(device, name),
+            "tf32": bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32),
+            "threads": torch.get_num_threads()}
