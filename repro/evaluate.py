@@ -14,6 +14,7 @@ import argparse
 import collections
 import json
 import logging
+import os
 import sys
 import time
 from pathlib import Path
@@ -25,7 +26,6 @@ if __package__ in (None, ""):
 import numpy as np
 
 from repro import cli, engines, protocol, zoo
-from repro.fileio import atomic_write_text
 
 log = logging.getLogger("repro.evaluate")
 SELECTION_RULE = "select_images(seeded class round-robin)"
@@ -56,6 +56,8 @@ def data_range(text):
 
 
 def shard(text):
+    if text == "slurm":
+        return slurm_shard(os.environ)
     try:
         index, count = (int(part) for part in text.split("/"))
     except ValueError:
@@ -63,6 +65,20 @@ def shard(text):
     if not 0 <= index < count:
         raise argparse.ArgumentTypeError("--shard I/K needs 0 ≤ I < K")
     return index, count
+
+
+def slurm_shard(environment):
+    """(I, K) of a SLURM array task: I = SLURM_ARRAY_TASK_ID − SLURM_ARRAY_TASK_MIN, K = SLURM_ARRAY_TASK_COUNT."""
+    try:
+        task, count = int(environment["SLURM_ARRAY_TASK_ID"]), int(environment["SLURM_ARRAY_TASK_COUNT"])
+        first = int(environment.get("SLURM_ARRAY_TASK_MIN", 0))
+    except (KeyError, ValueError):
+        raise argparse.ArgumentTypeError("--shard slurm needs SLURM_ARRAY_TASK_ID and SLURM_ARRAY_TASK_COUNT: run it "
+                                         "in a SLURM array job (scripts/slurm/evaluate.sbatch)") from None
+    if not 0 <= task - first < count:
+        raise argparse.ArgumentTypeError("--shard slurm: task {} is not in an array of {} from {}".format(
+            task, count, first))
+    return task - first, count
 
 
 def parse_args(argv=None):
@@ -107,12 +123,15 @@ def parse_args(argv=None):
                         help="save clean/random/adversarial feature maps of the K channels per block where "
                              "adversarial and random SSIM differ most, for a few blocks across depth")
     parser.add_argument("--shard", type=shard, help="I/K: compute only batches I, I+K, I+2K, … (other machines "
-                                                    "do the rest into the same --out; tables merge them all)")
-    parser.add_argument("--workers", type=int, default=1, metavar="N",
-                        help="run the study as N local processes (shards I/N of the batches, each with "
-                             "cores/N threads), then merge; on CPUs the attack's small ops scale poorly over "
-                             "threads, so 2 processes on 2 cores finish sooner than 1 process")
-    parser.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)   # a child of --workers
+                                                    "do the rest into the same --out; tables merge them all); "
+                                                    "'slurm': I and K from the SLURM array job's environment")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="compute on N Ray actors (a local Ray instance unless --ray names a cluster), each "
+                             "with one GPU where there are GPUs, else cores/N threads; this process commits "
+                             "every batch. Default: 1 (in this process); with --ray, one per GPU of the cluster")
+    parser.add_argument("--ray", nargs="?", const="local", metavar="ADDRESS",
+                        help="compute on Ray: no ADDRESS starts a local instance, 'auto' or 'ray://host:port' "
+                             "joins a cluster (its nodes need the data and the package, not --out)")
     parser.add_argument("--aggregate-only", action="store_true",
                         help="only (re)build the tables and figures from the batches already in --out")
     parser.add_argument("--no-check", action="store_true",
@@ -122,12 +141,13 @@ def parse_args(argv=None):
     engines.add_arguments(parser)
     args = parser.parse_args(argv)
     for name in ("images", "batch", "attack_chunk", "workers"):
-        if getattr(args, name) < 1:
+        if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error("--{} must be at least 1".format(name.replace("_", "-")))
     if args.attack_iter < 0 or args.attack_epsilon < 0 or args.attack_step_size < 0:
         parser.error("--attack-iter, --attack-epsilon and --attack-step-size must not be negative")
-    if args.workers > 1 and args.shard and not args.worker:
-        parser.error("--workers splits the run into shards itself: do not combine it with --shard")
+    if args.shard and (args.workers or args.ray):
+        parser.error("--shard is a fixed partition over machines, --workers/--ray schedule batches themselves: "
+                     "choose one")
     if args.load and len(args.load) != len(args.model):
         parser.error("--load takes one checkpoint per --model ({} given for {} models)".format(
             len(args.load), len(args.model)))
@@ -142,81 +162,6 @@ def study_config(args):
                        attack_chunk=args.attack_chunk)
 
 
-def run_model(spec, checkpoint_path, checkpoint_sha256, args, config, work, selection, timings):
-    """All pending batches of one model (of this shard); returns its clean-accuracy check."""
-    from tqdm import tqdm
-
-    from repro import runner
-    from repro.data import iterate_batches
-    from repro.taps import block_table
-
-    paths, labels = selection.paths, selection.labels
-    batches = runner.batch_plan(len(selection), args.batch, args.shard)
-    identity = batch_identity(work, spec, checkpoint_sha256, selection)
-    done, pending = runner.resume_state(work, spec.name, batches, identity)
-    began = time.perf_counter()
-    graph = engines.study(args.engine, spec, checkpoint_path, config, args.precision, args.device)
-    timings["graph_build_and_restore"] += time.perf_counter() - began
-    if graph.checkpoint.sha256 != checkpoint_sha256:
-        graph.close()
-        raise cli.RunFailed("{} changed on disk after the run started (SHA-256 {} → {}): nothing was computed "
-                            "from it; re-run the command".format(checkpoint_path, checkpoint_sha256[:12],
-                                                                 graph.checkpoint.sha256[:12]))
-    work.save_block_table(spec.name, block_table(spec.name, graph.taps))
-    check = sanity_check(spec, graph, selection, args)
-    device = engines.describe(args.engine, args.precision, args.device)["device"]
-    log.info("%s: %d of %d batches already done, %d to run (%d PGD steps, α = %.2f px, ε = %g px)",
-             spec.name, len(done), len(batches), len(pending), config.attack_iterations, config.step_size,
-             config.epsilon)
-    images_bar = tqdm(total=sum(last - first + 1 for first, last in batches),
-                      initial=sum(last - first + 1 for first, last in done), unit="img", desc=spec.name,
-                      position=0, disable=args.worker)
-    steps_bar = tqdm(total=config.attack_iterations, unit="step", desc="  PGD", position=1, leave=False,
-                     disable=args.worker)
-    try:
-        for first, last in pending:
-            ids = list(range(first, last + 1))
-            loaded = list(iterate_batches([paths[i] for i in ids], len(ids), selection.loader))
-            indices, images, skipped = loaded[0] if loaded else ([], None, [])
-            skipped = [(ids[i], path, error.reason) for i, path, error in skipped]
-            image_ids = [ids[i] for i in indices]
-            result = None
-            feature_blocks = visualize_blocks(graph.taps) if args.visualize and first == 0 else ()
-            if image_ids:
-                steps_bar.reset()
-                on_steps = steps_bar.update
-                if args.worker:
-                    on_steps = worker_progress(work.worker_file(args.shard, ".progress"), len(image_ids),
-                                               config.attack_iterations)
-                result = graph.run_batch(images, labels[image_ids], image_ids, on_steps=on_steps,
-                                         feature_blocks=feature_blocks)
-                broken = [image_id for image_id, finite in zip(image_ids, result.clean_finite) if not finite]
-                if broken:
-                    raise cli.RunFailed(
-                        "{}: the clean forward pass gives non-finite logits or feature maps for image(s) {} "
-                        "(e.g. {}): the checkpoint or the input is broken; batch {} was not committed".format(
-                            spec.name, broken[:5], paths[broken[0]], work.batch_stem(first, last)))
-                for key, seconds in result.timings.items():
-                    timings[key] += seconds
-                if args.save_adv:
-                    save_adversarial(Path(args.save_adv) / spec.name, result, paths)
-                if feature_blocks:
-                    save_feature_panels(Path(args.out), spec.name, graph.taps, result, args.visualize, args.engine)
-            records = runner.batch_records(spec.name, result, paths, skipped)
-            info = {"images": len(image_ids), "skipped": len(skipped), "timings": result.timings if result else {},
-                    "checkpoint": str(checkpoint_path), "shard": args.shard, "device": device}
-            if args.worker:       # from now on the batch's images count as committed, not in progress
-                atomic_write_text(work.worker_file(args.shard, ".progress"), "0")
-            work.commit_batch(spec.name, first, last, records, runner.batch_statistics(spec.name, first, last, result),
-                              info, identity(first, last))
-            images_bar.update(len(ids))
-    finally:
-        steps_bar.close()
-        images_bar.close()
-        graph.close()
-    return check
-
-
 def batch_identity(work, spec, checkpoint_sha256, selection):
     """``(first, last) →`` the identity a batch of this run carries: the run's settings, the model and its
     checkpoint (None: not known to this run, e.g. ``--aggregate-only``), the batch's images (None: idem)."""
@@ -224,175 +169,6 @@ def batch_identity(work, spec, checkpoint_sha256, selection):
     model = runner.model_identity(spec, checkpoint_sha256)
     return lambda first, last: {"settings": work.config, "model": model,
                                 "images": selection.identity(first, last) if selection else None}
-
-
-def published_clean_accuracy(spec):
-    """Published clean top-1 accuracy in percent (ImageNet: Xie et al.; mini: the model card), or None."""
-    published = zoo.published_numbers(spec)
-    return 100.0 - published[0].top1_error if 0 in published else None
-
-
-def sanity_check(spec, graph, selection, args):
-    """Clean accuracy on the studied images beside the published one; stop on a clearly broken checkpoint.
-
-    "Clearly broken": non-finite logits (always fatal), or the 95% Wilson upper bound of the measured
-    accuracy below half the published accuracy (e.g. near chance where 62% is published) — a wrong or
-    damaged checkpoint, or wrong preprocessing, whose feature maps would mean nothing. ``--no-check``
-    skips the accuracy stop, not the report.
-    """
-    from repro.aggregate import wilson_interval
-    from repro.data import iterate_batches
-    published = published_clean_accuracy(spec)
-    correct = total = 0
-    for indices, images, _ in iterate_batches(selection.paths, 32, selection.loader):
-        if len(indices):
-            logits = graph.clean_logits_of(images)
-            finite = np.isfinite(logits).all(axis=1)
-            if not finite.all():
-                first = indices[int(np.argmin(finite))]
-                raise cli.RunFailed("{}: the clean forward pass gives non-finite logits for {} of {} image(s) "
-                                    "(e.g. {}): the checkpoint is damaged or does not fit the model".format(
-                                        spec.name, int((~finite).sum()), len(indices), selection.paths[first]))
-            correct += int((logits.argmax(axis=1) == selection.labels[indices]).sum())
-            total += len(indices)
-    low, high = wilson_interval(correct, total)
-    result = {"images": total, "correct": correct, "accuracy": 100.0 * correct / total if total else None,
-              "ci95": [100.0 * low, 100.0 * high], "published_accuracy": published}
-    log.info("%s: clean top-1 accuracy on the %d studied images %.1f%% (95%% CI %.1f–%.1f)%s", spec.name, total,
-             result["accuracy"] or 0.0, 100 * low, 100 * high,
-             "; published {:.1f}% on the full set".format(published) if published is not None else "")
-    if published is not None and total and 100.0 * high < published / 2:
-        message = ("{}: clean accuracy {:.1f}% (95% CI up to {:.1f}%) on {} images, far below the published {:.1f}%: "
-                   "the checkpoint or the data looks broken (wrong file, wrong --model, damaged weights, or labels "
-                   "not in sorted-wnid order)".format(spec.name, result["accuracy"], 100 * high, total, published))
-        if not args.no_check:
-            raise cli.UsageError(message + "; pass --no-check to study it anyway")
-        log.warning(message)
-    return result
-
-
-def visualize_blocks(taps, count=4):
-    """A few blocks spread over depth: the first, the last, and evenly between."""
-    positions = np.unique(np.linspace(0, len(taps) - 1, min(count, len(taps))).round().astype(int))
-    return tuple(taps[i].block_index for i in positions)
-
-
-def save_feature_panels(out, model, taps, result, k, engine=engines.DEFAULT_ENGINE):
-    """Fig. 2.1-like panels for image 0: per chosen block, the k channels where adversarial and random
-    SSIM differ most (SSIM is computed for the panels even when not among --metrics)."""
-    from repro import plots
-    panels = []
-    by_index = {t.block_index: t for t in taps}
-    for block_index, maps in sorted(result.feature_maps.items()):
-        clean, random, adversarial = maps[:, :1]
-        ssim_random = engines.per_channel(engine, "ssim", clean, random)[0]
-        ssim_adversarial = engines.per_channel(engine, "ssim", clean, adversarial)[0]
-        gap = np.nan_to_num(ssim_random - ssim_adversarial, nan=-np.inf)
-        for channel in np.argsort(-gap, kind="stable")[:k]:
-            panels.append({"label": "{} ch {}: SSIM adv {:.2f} vs rand {:.2f}".format(
-                by_index[block_index].name.rsplit("/", 1)[0], channel, ssim_adversarial[channel], ssim_random[channel]),
-                "clean": clean[0, channel], "random": random[0, channel], "adversarial": adversarial[0, channel]})
-    plots.plot_feature_maps(panels, Path(out) / "feature_maps_{}".format(model),
-                            title="{}: image {}".format(model, result.image_ids[0]))
-
-
-def save_adversarial(directory, result, paths):
-    directory.mkdir(parents=True, exist_ok=True)
-    for position, image_id in enumerate(result.image_ids):
-        np.save(directory / "{:06d}.npy".format(image_id), result.adversarial[position].astype(np.float32))
-        (directory / "{:06d}.json".format(image_id)).write_text(json.dumps({
-            "image": image_id, "path": str(paths[image_id]), "label": int(result.labels[position]),
-            "target": int(result.targets[position]), "space": "NCHW, x*2/255-1 of BGR pixels"}))
-
-
-def worker_progress(path, images, steps):
-    """For a child of ``--workers``: a PGD-step callback that writes to ``path`` how many images' worth
-    of the current batch's attack is done (``images`` × steps done / ``steps``) for the parent's bar."""
-    done = [0]
-
-    def on_steps(count):
-        done[0] += count
-        atomic_write_text(path, "{:.3f}".format(images * done[0] / max(1, steps)))
-    return on_steps
-
-
-def run_workers(argv, args, specs, work, images):
-    """``--workers N``: the same command as N child processes on shards I/N, each with its share of the
-    cores, a combined progress bar read from the committed batches, and each child's log in
-    ``--out``/work/logs. Returns what the children measured (clean checks, timings).
-
-    A failed child stops nothing already committed: its error is reported in one line with its log, and
-    re-running the command resumes. Children run ``repro/evaluate.py`` with ``--shard I/N --worker``.
-    """
-    import os
-    import subprocess
-
-    from tqdm import tqdm
-
-    from repro import runner
-
-    count = args.workers
-    threads = max(1, (os.cpu_count() or 1) // count)
-    environment = dict(os.environ, REPRO_THREADS=str(threads))
-    logs = work.root / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    for stale in (work.root / "workers").glob("*.progress"):
-        stale.unlink()
-    script = str(Path(__file__).resolve())
-    children = []
-    log.info("running %d worker processes with %d thread(s) each; their logs: %s", count, threads, logs)
-    for index in range(count):
-        log_path = logs / "worker-{}-of-{}.log".format(index, count)
-        stream = open(log_path, "w")
-        command = [sys.executable, script, *argv, "--shard", "{}/{}".format(index, count), "--worker"]
-        children.append((subprocess.Popen(command, stdout=stream, stderr=subprocess.STDOUT, env=environment),
-                         stream, log_path))
-    plan = set(runner.batch_plan(images, args.batch))
-    bar = tqdm(total=images * len(specs), unit="img", desc="{} models, {} workers".format(len(specs), count))
-
-    shards = [(index, count) for index in range(count)]
-
-    def images_done():
-        """Committed images plus the attacked fraction of each worker's current batch."""
-        done = float(sum(last - first + 1 for spec in specs for first, last in work.committed_batches(spec.name)
-                         if (first, last) in plan))
-        for shard in shards:
-            try:
-                done += float(work.worker_file(shard, ".progress").read_text() or 0)
-            except (OSError, ValueError):
-                pass
-        return round(done, 1)
-
-    def refresh():
-        bar.n = max(bar.n, min(images_done(), bar.total))   # never backwards (a commit races a progress write)
-        bar.refresh()
-    try:
-        while any(child.poll() is None for child, _, _ in children):
-            refresh()
-            time.sleep(1.0)
-        refresh()
-    except BaseException:
-        for child, _, _ in children:
-            child.terminate()
-        raise
-    finally:
-        bar.close()
-        for child, stream, _ in children:
-            child.wait()
-            stream.close()
-    for index, (child, _, log_path) in enumerate(children):
-        if child.returncode != 0:
-            lines = [line for line in log_path.read_text(errors="replace").splitlines() if line.strip()]
-            raise cli.RunFailed("worker {}/{} failed (exit {}): {} — full log: {}; finished batches are kept, "
-                               "re-run the same command to resume".format(
-                                   index, count, child.returncode, lines[-1] if lines else "no output", log_path))
-    reports = [json.loads(work.worker_file(shard, ".json").read_text()) for shard in shards]
-    measured = {"checks": {}, "timings": {}}
-    for report in reports:
-        measured["checks"].update(report["checks"])
-        for key, seconds in report["timings"].items():
-            measured["timings"][key] = measured["timings"].get(key, 0.0) + seconds
-    return measured
 
 
 def main(argv=None):
@@ -409,7 +185,7 @@ StudyTables = collections.namedtuple("StudyTables", "blocks images summary")
 
 def study(argv=None):
     """Run the study as the command line ``argv`` asks; returns its tables (`StudyTables`: blocks, images,
-    summary as DataFrames, also written to ``--out``), or None in a ``--workers`` child."""
+    summary as DataFrames, also written to ``--out``)."""
     from collections import defaultdict
 
     from repro import checkpoints, runner
@@ -452,21 +228,10 @@ def study(argv=None):
                             recompute_damaged=not args.aggregate_only)
     if not args.aggregate_only:
         work.claim()
-    timings = defaultdict(float)
-    checks = {}
+    timings, checks = defaultdict(float), {}
     if not args.aggregate_only:
-        if args.workers > 1 and not args.worker:
-            measured = run_workers(argv, args, specs, work, count)
-            checks = measured["checks"]
-            timings.update(measured["timings"])
-        else:
-            for spec, path in zip(specs, checkpoint_paths):
-                checks[spec.name] = run_model(spec, path, hashes[spec.name], args, config, work, selection, timings)
-    if args.worker:
-        # A child of --workers: report to the parent, which writes the tables once all shards are done.
-        atomic_write_text(work.worker_file(args.shard, ".json"), json.dumps(
-            {"checks": checks, "timings": dict(timings)}, indent=1))
-        return None
+        checks, measured = run_batches(args, specs, checkpoint_paths, hashes, config, work, selection)
+        timings.update(measured)
     tabled = tabled_batches(work, specs, args, count, hashes, selection)
     began = time.perf_counter()
     blocks, images, summary = runner.write_tables(work, {name: list(done) for name, done in tabled.items()}, args.out)
@@ -481,13 +246,59 @@ def study(argv=None):
         "batches": {name: {"planned": len(runner.batch_plan(count, args.batch)), "in_tables": len(done)}
                     for name, done in tabled.items()},
         "engine": engines.describe(args.engine, args.precision, args.device),
-        "shard": args.shard, "workers": args.workers, "aggregate_only": args.aggregate_only,
+        "shard": args.shard, "workers": args.workers, "ray": args.ray, "aggregate_only": args.aggregate_only,
+        "computed_by": computed_by(tabled),
         "packages": runner.package_versions(), "git": runner.git_state(),
         "machine": runner.machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "wall_seconds": round(time.time() - started, 2), "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
         "figures": [str(f) for f in figures]})
     log.info("wrote %s (blocks.csv, images.csv, summary.csv, manifest.json, %d figure files)", args.out, len(figures))
     return StudyTables(blocks, images, summary)
+
+
+def run_batches(args, specs, checkpoint_paths, hashes, config, work, selection):
+    """Compute this run's pending batches (of its shard) where the options say — in this process, or on Ray
+    actors (`repro.scheduler`) — committing each here as it arrives. Returns (clean checks, timings)."""
+    from tqdm import tqdm
+
+    from repro import runner, scheduler
+    from repro.taps import block_table, taps_for
+    plan = scheduler.RunPlan(
+        specs=specs, checkpoints={s.name: (str(p), hashes[s.name]) for s, p in zip(specs, checkpoint_paths)},
+        config=config, engine=args.engine, precision=args.precision, device=args.device, data=args.data,
+        images=args.images, seed=args.seed, visualize=args.visualize, save_adversarial=bool(args.save_adv),
+        no_check=args.no_check)
+    pending, identities, total, done = {}, {}, 0, 0
+    for spec in specs:
+        work.save_block_table(spec.name, block_table(spec.name, taps_for(spec, config.tap)))
+        batches = runner.batch_plan(len(selection), args.batch, args.shard)
+        identities[spec.name] = batch_identity(work, spec, hashes[spec.name], selection)
+        committed, pending[spec.name] = runner.resume_state(work, spec.name, batches, identities[spec.name])
+        total += sum(last - first + 1 for first, last in batches)
+        done += sum(last - first + 1 for first, last in committed)
+        log.info("%s: %d of %d batches already done, %d to run (%d PGD steps, α = %.2f px, ε = %g px)", spec.name,
+                 len(committed), len(batches), len(pending[spec.name]), config.attack_iterations, config.step_size,
+                 config.epsilon)
+    paths = dict(zip((s.name for s in specs), checkpoint_paths))
+
+    def commit(model, first, last, outcome):
+        scheduler.commit_outcome(work, model, first, last, outcome, identities[model](first, last), args.out,
+                                 args.save_adv, selection.paths, str(paths[model]))
+    bar = tqdm(total=total, initial=done, unit="img", desc=", ".join(s.name for s in specs), position=0)
+    try:
+        if args.workers or args.ray:
+            actors = args.workers or None
+            return scheduler.run_ray(plan, pending, commit, actors,
+                                     address=None if args.ray in (None, "local") else args.ray, progress=bar.update)
+        return scheduler.run_local(plan, pending, commit, selection, progress=bar.update)
+    finally:
+        bar.close()
+
+
+def computed_by(tabled):
+    """Which worker computed which tabled batch on which device (from the receipts)."""
+    return {model: {"{}-{}".format(*bounds): "{} on {}".format(receipt.get("worker", "?"), receipt.get("device", "?"))
+                    for bounds, receipt in sorted(receipts.items())} for model, receipts in tabled.items()}
 
 
 def stored_data_source(work, specs, args):

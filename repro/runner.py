@@ -226,16 +226,6 @@ class WorkDirectory:
         for path in reversed(self.batch_files(model, first, last)):
             path.unlink(missing_ok=True)
 
-    def committed_batches(self, model):
-        """(first, last) of every batch of ``model`` with a receipt, whether in this run's plan or not."""
-        bounds = (path.stem.split("-")[1:3] for path in self.model_dir(model).glob("batch-*.json"))
-        return sorted((int(first), int(last)) for first, last in bounds)
-
-    def worker_file(self, shard, suffix):
-        """A ``--workers`` child's file for shard (I, K): ``.json`` its report, ``.progress`` its
-        current batch's attacked fraction."""
-        return self.root / "workers" / "shard-{}-of-{}{}".format(shard[0], shard[1], suffix)
-
     def save_block_table(self, model, table):
         atomic_write_text(self.model_dir(model) / "blocks.json", json.dumps(table, indent=1))
 

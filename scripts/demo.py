@@ -4,8 +4,8 @@ Runs `repro/evaluate.py` on the three miniature models (ResNet, ResNetDenoise, R
 `mini` zoo) with the paper's protocol — 100-step targeted PGD, ε = 16, uniform random noise of the same
 ε, every default metric — on the paper's 100 images (held-out test images), and writes the tables and figures to
 results/demo/. ``--images`` and ``--attack-iter`` make it smaller (the tests run it that way). On a
-2-core machine it runs as two processes (``evaluate.py --workers 2``): the attack's many small ops use
-two threads poorly, two single-threaded processes well.
+2-core machine it runs as two single-threaded workers (``evaluate.py --workers 2``, two local Ray actors):
+the attack's many small ops use two threads poorly, two single-threaded processes well.
 """
 import argparse
 import os
@@ -25,7 +25,7 @@ def main(argv=None):
     parser.add_argument("--out", default="results/demo")
     parser.add_argument("--visualize", type=int, default=3)
     parser.add_argument("--workers", type=int, default=min(2, os.cpu_count() or 1),
-                        help="processes (evaluate.py --workers); default: 2 where there are 2 cores")
+                        help="workers (evaluate.py --workers, Ray actors); default: 2 where there are 2 cores")
     args, extra = parser.parse_known_args(argv)
     models = [name for name in zoo.model_names("mini") if cli.checkpoint_path(zoo.get_model(name, "mini")).is_file()]
     missing = sorted(set(zoo.model_names("mini")) - set(models))

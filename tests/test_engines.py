@@ -9,12 +9,13 @@ from repro import engines, zoo
 from repro.taps import taps_for
 
 CORE = ("zoo", "checkpoints", "protocol", "data", "taps", "aggregate", "plots", "runner", "robustness",
-        "package_metrics", "fileio", "minidata", "classes", "engines", "cli", "evaluate", "validation", "predict")
+        "package_metrics", "fileio", "minidata", "classes", "engines", "cli", "evaluate", "validation", "predict",
+        "scheduler", "api", "resources", "download")
 
 
 def test_the_engine_neutral_core_imports_no_framework():
     code = ("import sys\nimport repro\nfrom repro import {}\n"
-            "loaded = [m for m in ('tensorflow', 'tensorpack', 'torch') if m in sys.modules]\n"
+            "loaded = [m for m in ('tensorflow', 'tensorpack', 'torch', 'ray') if m in sys.modules]\n"
             "assert not loaded, loaded").format(", ".join(CORE))
     result = subprocess.run([sys.executable, "-c", code], cwd=str(zoo.REPO_ROOT), capture_output=True, text=True,
                             timeout=120)
