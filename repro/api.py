@@ -4,12 +4,15 @@ Each function goes through the same code as its command (`repro.evaluate`, `repr
 settings become the command's options, so a table from the API equals the command's for the same settings.
 """
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence, Union
+from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import pandas as pd
 
 from repro import engines, zoo as zoo_module
+
+if TYPE_CHECKING:
+    from repro.evaluate import StudyTables
 
 ImagesLike = Union[np.ndarray, Sequence[str]]
 
@@ -90,7 +93,7 @@ def _options(settings) -> List[str]:
 
 
 def run_study(models: Union[str, Sequence[str]], data: Optional[str] = None, zoo: str = "imagenet",
-              images: int = 100, out: str = "results", **settings) -> "evaluate.StudyTables":
+              images: int = 100, out: str = "results", **settings) -> "StudyTables":
     """The study (`repro.evaluate`) → its tables (blocks, images, summary) as DataFrames; the files are
     written to ``out`` as the command writes them. ``settings`` are the command's options by name, e.g.
     ``attack_iter=10, metrics="paper", load=[...], engine="torch", workers=2``."""

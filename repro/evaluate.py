@@ -23,8 +23,6 @@ if __package__ in (None, ""):
     # The repository instead of repro/ itself, whose torch/ would otherwise shadow PyTorch.
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
-import numpy as np
-
 from repro import cli, engines, protocol, zoo
 
 log = logging.getLogger("repro.evaluate")

@@ -7,7 +7,7 @@ import dataclasses
 import numpy as np
 import pytest
 
-from repro import attacks, checkpoints, metrics, protocol, zoo
+from repro import checkpoints, metrics, protocol, zoo
 from repro.classifier import Classifier
 from repro.data import to_model_space
 from repro.models import IMAGE_SCALE, model_function
