@@ -20,7 +20,8 @@ def random_perturbation(image, noise, epsilon_pixels):
     return tf.clip_by_value(image + noise * (epsilon_pixels * IMAGE_SCALE), -1.0, 1.0)
 
 
-def pgd_targeted(model_fn, image, adversarial_start, target, epsilon_pixels, step_size_pixels, iterations):
+def pgd_targeted(model_fn, image, adversarial_start, target, epsilon_pixels, step_size_pixels, iterations,
+                 loss_scale=None):
     """Targeted PGD (Madry et al.), white-box, as in Xie et al.'s evaluation (SPEC §3).
 
     From ``adversarial_start`` (x + U(−ε, ε) for a fresh attack, or a previous chunk's result) take
@@ -29,6 +30,10 @@ def pgd_targeted(model_fn, image, adversarial_start, target, epsilon_pixels, ste
     — minimising the cross-entropy to the target — with lo/hi the ε-ball of ``image`` intersected with
     [-1, 1]. Gradients are taken w.r.t. the input only; ``model_fn`` must build BatchNorm in inference
     mode. With zero iterations the start is returned projected into the ball.
+
+    ``loss_scale`` (a positive constant, for a float16 ``model_fn``) multiplies the loss before the gradient
+    is taken, so that small gradients do not underflow in float16; a positive factor leaves every sign, and
+    so the step, as it is.
     """
     low, high = epsilon_ball(image, epsilon_pixels)
     step = step_size_pixels * IMAGE_SCALE
@@ -36,6 +41,8 @@ def pgd_targeted(model_fn, image, adversarial_start, target, epsilon_pixels, ste
     def one_step(adversarial):
         logits = model_fn(adversarial)
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(logits=logits, labels=target)
+        if loss_scale is not None:
+            losses = losses * loss_scale
         gradient, = tf.gradients(losses, adversarial)
         return tf.clip_by_value(adversarial - tf.sign(gradient) * step, low, high)
 

@@ -113,12 +113,12 @@ def run_main(main, argv=None):
     """Run ``main(argv)``; expected failures become one line on stderr and a non-zero exit status."""
     from repro.checkpoints import CheckpointError
     from repro.data import UnreadableImageError
-    from repro.engines import EngineUnavailable
+    from repro.engines import EngineUnavailable, PrecisionUnavailable
     from repro.runner import DamagedBatch, RunConfigMismatch
     from repro.zoo import UnknownModelError
     try:
         return main(argv) or 0
-    except (UsageError, UnknownModelError, RunConfigMismatch, EngineUnavailable) as error:
+    except (UsageError, UnknownModelError, RunConfigMismatch, EngineUnavailable, PrecisionUnavailable) as error:
         print("error: {}".format(error), file=sys.stderr)
         return 2
     except (CheckpointError, UnreadableImageError, DamagedBatch, ValueError, RunFailed) as error:

@@ -5,8 +5,8 @@ One graph per model holds
   its ops carry the checkpoints' names (``groupG/blockB/block_output``), with every metric computed in
   the graph for (clean, random) and (clean, adversarial) — only (N, C) arrays leave the session, from
   one session run per batch;
-- the targeted PGD attack (`repro.attacks.pgd_targeted`) in its own name scope, sharing the variables,
-  run in chunks of steps so that progress can be shown.
+- the targeted PGD attack (`repro.engines.tensorflow.attack_in_graph`, in ``--precision``'s arithmetic) in its
+  own name scope, sharing the variables, run in chunks of steps so that progress can be shown.
 The batch's flow around these graphs (draws, chunking, timings) is the engine-neutral `StudyFlow`.
 """
 from repro.tfcompat import tf  # before tensorpack: TensorFlow's environment and native-log filter
@@ -15,7 +15,7 @@ from tensorpack.tfutils.tower import TowerContext
 from repro import attacks, checkpoints, metrics as metric_ops_module
 from repro.protocol import PERTURBATIONS, StudyConfig, StudyFlow
 from repro.classifier import session_config
-from repro.engines.tensorflow import PrecisionMixin
+from repro.engines.tensorflow import PrecisionMixin, attack_in_graph
 from repro.models import model_function
 from repro.taps import block_taps
 
@@ -74,8 +74,8 @@ class StudyGraph(StudyFlow, PrecisionMixin):
             self.clean_finite = tf.reduce_all(tf.stack(clean_finite, axis=1), axis=1)
 
         with tf.name_scope("attack"):
-            self.attack = attacks.pgd_targeted(model, self.clean, self.adversarial, self.target,
-                                               config.epsilon, config.step_size, self.steps)
+            self.attack = attack_in_graph(self.spec, self.precision, self.clean, self.adversarial, self.target,
+                                          config.epsilon, config.step_size, self.steps)
         with tf.name_scope("clean_check"):
             self.clean_logits_tensor = model(self.clean)
 

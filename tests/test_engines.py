@@ -25,9 +25,17 @@ def test_the_engine_neutral_core_imports_no_framework():
 def test_unknown_engines_and_precisions_are_clear_errors():
     with pytest.raises(ValueError, match="unknown engine 'jax': choose tensorflow or torch"):
         engines.load("jax")
-    with pytest.raises(ValueError, match="unknown precision 'fp8'"):
+    with pytest.raises(engines.PrecisionUnavailable, match="unknown precision 'fp8'"):
         engines.check_precision("tensorflow", "fp8")
-    with pytest.raises(ValueError, match="--precision bf16 is not available with --engine tensorflow"):
+    assert engines.load("tensorflow").PRECISIONS == engines.PRECISIONS
+    for precision in ("float32", "tf32", "bf16"):       # on any machine; fp16 needs a GPU (tests/test_precision.py)
+        engines.check_precision("tensorflow", precision)
+
+
+def test_a_precision_an_engine_lacks_is_refused_naming_what_it_offers(monkeypatch):
+    monkeypatch.setattr(engines.load("tensorflow"), "PRECISIONS", ("float32", "tf32"))
+    with pytest.raises(engines.PrecisionUnavailable, match=r"^--precision bf16 is not available with --engine "
+                                                           r"tensorflow \(it offers float32, tf32\)$"):
         engines.check_precision("tensorflow", "bf16")
 
 

@@ -245,22 +245,24 @@ def test_the_miniature_study_gives_the_same_tables_with_either_engine(tmp_path):
 
 
 def test_reduced_precision_runs_and_is_recorded(tmp_path):
-    """bf16 autocast in the attack loop only (on the CPU here; its speed needs a GPU); the tapped pass stays
-    float32, so clean predictions are the float32 ones."""
+    """bf16 and fp16 (its loss scaled) autocast in the attack loop only (on the CPU here; their speed needs a
+    GPU); the tapped pass stays float32, so clean predictions are the float32 ones."""
     spec, checkpoint = tiny("resnet", (1, 2, 1, 1))
     images = images_for(spec, 4, seed=5)
     results = {}
-    for precision in ("float32", "bf16"):
+    for precision in ("float32", "bf16", "fp16"):
         study = engines.study("torch", spec, checkpoint, StudyConfig(attack_iterations=2, metrics=("mse",)), precision)
         results[precision] = study.run_batch(images, np.arange(4), list(range(4)))
         study.close()
-    np.testing.assert_array_equal(results["float32"].predictions["clean"], results["bf16"].predictions["clean"])
-    for key, value in results["float32"].values.items():
-        if key[0] == "random":                          # computed outside the attack: untouched by its precision
-            np.testing.assert_array_equal(value, results["bf16"].values[key])
-    assert not np.array_equal(results["float32"].adversarial, results["bf16"].adversarial)
-    with pytest.raises(ValueError, match="--precision bf16 is not available with --engine tensorflow"):
-        engines.check_precision("tensorflow", "bf16")
+    for precision in ("bf16", "fp16"):
+        np.testing.assert_array_equal(results["float32"].predictions["clean"], results[precision].predictions["clean"])
+        for key, value in results["float32"].values.items():
+            if key[0] == "random":                      # computed outside the attack: untouched by its precision
+                np.testing.assert_array_equal(value, results[precision].values[key])
+        assert np.isfinite(results[precision].adversarial).all()
+        assert not np.array_equal(results["float32"].adversarial, results[precision].adversarial)
+    engines.check_precision("torch", "fp16")          # autocast has float16 on the CPU too
+    assert engines.describe("torch", "fp16")["precision"] == "fp16"
 
 
 def test_readme_example_attacks_a_loaded_model_in_plain_pytorch(tmp_path):

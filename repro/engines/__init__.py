@@ -9,7 +9,8 @@ attack, the tapped forward pass with the metrics, and clean logits. Each answers
 - ``classifier(spec, checkpoint, device)`` → ``predict_logits(images_bgr, batch_size)``, ``close``;
 - ``attack_model(spec, checkpoint, precision, device)`` → ``clean_predictions(images_bgr)``,
   ``adversarial_predictions(clean, start, targets, steps, epsilon, step_size)``, ``close``
-  (for `repro.robustness`).
+  (for `repro.robustness`);
+- ``PRECISIONS``, and ``precision_unavailable(precision)`` → why this machine cannot run it, or None.
 
 An engine's modules are imported only when it is asked for, so ``--engine torch`` never imports TensorFlow.
 """
@@ -17,16 +18,32 @@ import importlib
 
 ENGINES = ("tensorflow", "torch")
 DEFAULT_ENGINE = "tensorflow"
-PRECISIONS = ("float32", "tf32", "bf16")
+PRECISIONS = ("float32", "tf32", "bf16", "fp16")
 """Arithmetic of the attack loop: float32 with TF32 off (the default, everywhere), TF32 matmuls and
-convolutions (Ampere and newer GPUs), or bfloat16 autocast (PyTorch engine). The tapped forward pass stays
-float32 with TF32 off and the metrics float64 whatever is chosen."""
+convolutions (Ampere and newer GPUs), bfloat16, or float16 with a constant loss scale (`FP16_LOSS_SCALE`;
+TensorFlow engine: GPUs only). The tapped forward pass stays float32 with TF32 off, the clean predictions
+float32 and the metrics float64 whatever is chosen."""
+
+FP16_LOSS_SCALE = 2.0 ** 10
+"""The float16 attack's loss is multiplied by this before its input gradient is taken; a positive factor leaves
+the sign step as it is. Chosen from the miniature models' float32 gradients: unscaled, 2–7% of the input
+gradient's entries lie below float16's smallest normal number 2⁻¹⁴, and up to 10% of the nonzero gradients of
+inner tensors (ResNeXtDenoiseAll) below its smallest subnormal 2⁻²⁴, which flushes them to zero; scaled by 2¹⁰,
+≤ 0.01% and ≤ 0.3% (by the original code's 128: 0.05% and 0.9%). No tensor's gradient exceeds ~1.1 (the
+logits' gradient, softmax − one-hot, is at most 1), so ×2¹⁰ stays 2⁶ below float16's largest number 65504.
+bfloat16 has float32's exponent range and needs no scale."""
+
 
 _MODULES = {"tensorflow": "repro.engines.tensorflow", "torch": "repro.torch.engine"}
 
 
 class EngineUnavailable(RuntimeError):
     """The engine's framework is not installed here; the message says which and what to do."""
+
+
+class PrecisionUnavailable(ValueError):
+    """``--precision`` names arithmetic the engine, or this machine, does not offer; the message says what to
+    choose instead."""
 
 
 def load(engine):
@@ -43,12 +60,16 @@ def load(engine):
 
 
 def check_precision(engine, precision):
+    """Refuse, in one line and before any work, a precision that ``engine`` lacks or this machine cannot run."""
     if precision not in PRECISIONS:
-        raise ValueError("unknown precision {!r}: choose one of {}".format(precision, ", ".join(PRECISIONS)))
-    supported = load(engine).PRECISIONS
-    if precision not in supported:
-        raise ValueError("--precision {} is not available with --engine {} (it offers {})".format(
-            precision, engine, ", ".join(supported)))
+        raise PrecisionUnavailable("unknown precision {!r}: choose one of {}".format(precision, ", ".join(PRECISIONS)))
+    module = load(engine)
+    if precision not in module.PRECISIONS:
+        raise PrecisionUnavailable("--precision {} is not available with --engine {} (it offers {})".format(
+            precision, engine, ", ".join(module.PRECISIONS)))
+    reason = module.precision_unavailable(precision)
+    if reason:
+        raise PrecisionUnavailable(reason)
 
 
 def study(engine, spec, checkpoint, config, precision="float32", device=None):
@@ -85,5 +106,6 @@ def add_arguments(parser, precision=True):
                              "the TensorFlow engine places ops itself")
     if precision:
         parser.add_argument("--precision", choices=PRECISIONS, default="float32",
-                            help="arithmetic of the attack loop: float32 with TF32 off (default), tf32, or bf16 "
-                                 "(torch engine); the tapped forward pass and the metrics stay float32/float64")
+                            help="arithmetic of the attack loop, for speed on GPUs: float32 with TF32 off "
+                                 "(default), tf32, bf16, or fp16 with a constant loss scale (TensorFlow engine: GPUs "
+                                 "only); the tapped forward pass, clean predictions and metrics stay float32/float64")

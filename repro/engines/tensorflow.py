@@ -1,13 +1,37 @@
 """The TensorFlow engine (the reference): tensorpack graphs in TF1 graph mode (`repro.study.StudyGraph`,
-`repro.classifier.Classifier`, and `AttackGraph` below), with TF32 off unless the attack opts in."""
+`repro.classifier.Classifier`, and `AttackGraph` below), with TF32 off unless the attack opts in, and the
+attack's model in bfloat16 or float16 where ``--precision`` asks (`attack_in_graph`)."""
 from repro.tfcompat import tf  # before tensorpack: TensorFlow's environment and native-log filter
 from tensorpack.tfutils.tower import TowerContext
 
 from repro import attacks, checkpoints
 from repro.classifier import Classifier, session_config
+from repro.engines import FP16_LOSS_SCALE
 from repro.models import model_function, preprocess
 
-PRECISIONS = ("float32", "tf32")
+PRECISIONS = ("float32", "tf32", "bf16", "fp16")
+COMPUTE_DTYPES = {"bf16": tf.bfloat16, "fp16": tf.float16}
+"""The attack's model in these dtypes; float32 and tf32 build the float32 graph (TF32 is switched at run time)."""
+LOSS_SCALES = {"fp16": FP16_LOSS_SCALE}
+
+
+def precision_unavailable(precision):
+    """The CPU build runs bfloat16 NCHW convolutions (grouped ones too), but float16 ones only on AVX-512
+    machines and then only NHWC: float16 needs a GPU."""
+    if precision == "fp16" and not tf.config.list_physical_devices("GPU"):
+        return ("--precision fp16 needs a GPU (TensorFlow has no float16 convolution on CPU); use bf16 or "
+                "float32")
+    return None
+
+
+def attack_in_graph(spec, precision, image, start, target, epsilon_pixels, step_size_pixels, iterations):
+    """Targeted PGD (`repro.attacks.pgd_targeted`, SPEC §3) on ``spec``'s network in ``precision``'s arithmetic:
+    the model in bfloat16 or float16 on the same float32 variables (`repro.models.model_function`), the
+    cross-entropy on float32 logits, float16's loss scaled (`repro.engines.FP16_LOSS_SCALE`). Like the original
+    code's half-precision attack, for speed on GPUs; build it inside the graph's inference TowerContext."""
+    model = model_function(spec, compute_dtype=COMPUTE_DTYPES.get(precision))
+    return attacks.pgd_targeted(model, image, start, target, epsilon_pixels, step_size_pixels, iterations,
+                                loss_scale=LOSS_SCALES.get(precision))
 
 
 def set_tf32(enabled):
@@ -17,7 +41,8 @@ def set_tf32(enabled):
 
 
 class PrecisionMixin:
-    """``attack_precision`` around the attack's session runs, float32 with TF32 off for everything else."""
+    """TF32 around the attack's session runs where asked, float32 with TF32 off for everything else (bfloat16
+    and float16 are in the attack's graph)."""
 
     def attack_in_precision(self, run):
         if self.precision == "tf32":
@@ -54,8 +79,8 @@ class AttackGraph(PrecisionMixin):
                 # Clean predictions by the same ops as repro.classifier.Classifier, so both agree exactly.
                 self.clean_prediction_op = tf.argmax(model(preprocess(self.images)), axis=1)
                 with tf.name_scope("attack"):
-                    adversarial = attacks.pgd_targeted(model, self.clean, self.start, self.target,
-                                                       self.epsilon, self.step_size, self.steps)
+                    adversarial = attack_in_graph(spec, precision, self.clean, self.start, self.target,
+                                                  self.epsilon, self.step_size, self.steps)
                 self.adversarial_prediction_op = tf.argmax(model(adversarial), axis=1)
             self.session = tf.Session(config=session_config())
         self.checkpoint = checkpoint if isinstance(checkpoint, checkpoints.Checkpoint) \

@@ -4,6 +4,8 @@ The variable scopes and layer names below *are* the checkpoint format: they repr
 shapes of the released tensorpack checkpoints (`checkpoint_manifest.json`). Graph-building only: no
 session, no file I/O.
 """
+import math
+
 from repro.tfcompat import tf  # before tensorpack: TensorFlow's environment and native-log filter
 from tensorpack.models import BatchNorm, BNReLU, Conv2D, FullyConnected, GlobalAvgPooling, MaxPooling
 from tensorpack.tfutils.argscope import argscope
@@ -75,7 +77,8 @@ def non_local_means(x, embed, softmax):
     if softmax or channels > positions:
         affinity = tf.matmul(theta_flat, phi_flat, transpose_a=True)        # [N, HW_i, HW_j]
         if softmax:
-            affinity = tf.nn.softmax(affinity / tf.sqrt(float(theta.shape.as_list()[1])), axis=-1)
+            # A Python scale keeps the affinity's dtype (float32, or the attack's bfloat16/float16).
+            affinity = tf.nn.softmax(affinity / math.sqrt(theta.shape.as_list()[1]), axis=-1)
         result = tf.matmul(values_flat, affinity, transpose_b=True)         # [N, C, HW_i]
     else:
         gram = tf.matmul(phi_flat, values_flat, transpose_b=True)           # [N, C, C]

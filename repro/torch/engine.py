@@ -3,7 +3,7 @@
 Same interface as `repro.engines.tensorflow` (see `repro.engines`): the batch's flow is the shared
 `repro.protocol.StudyFlow`; here only the three computations differ — PGD steps, the tapped forward pass
 with the metrics (float64 on the device), and clean logits. Float32 with TF32 off everywhere by default;
-``precision='tf32'`` or ``'bf16'`` applies to the attack loop only.
+``precision='tf32'``, ``'bf16'`` or ``'fp16'`` (autocast, the loss scaled) applies to the attack loop only.
 """
 import contextlib
 import os
@@ -13,12 +13,15 @@ import torch
 import torch.nn.functional as F
 
 from repro import checkpoints
+from repro.engines import FP16_LOSS_SCALE
 from repro.protocol import PERTURBATIONS, StudyFlow
 from repro.taps import taps_for
 from repro.torch import metrics as torch_metrics
 from repro.torch.models import build, restore
 
-PRECISIONS = ("float32", "tf32", "bf16")
+PRECISIONS = ("float32", "tf32", "bf16", "fp16")
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+LOSS_SCALES = {"fp16": FP16_LOSS_SCALE}
 IMAGE_SCALE = 2.0 / 255
 
 
@@ -30,6 +33,11 @@ def resolve_device(device=None):
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ValueError("--device {} asked for, but PyTorch sees no CUDA device here".format(device))
     return device
+
+
+def precision_unavailable(precision):
+    """None: autocast runs bfloat16 and float16 on the CPU (slowly: its speed-up needs a GPU) and on GPUs."""
+    return None
 
 
 def set_tf32(enabled):
@@ -47,8 +55,8 @@ def attack_precision(precision, device):
             yield
         finally:
             set_tf32(False)
-    elif precision == "bf16":
-        with torch.autocast(device_type=device.type, dtype=torch.bfloat16):
+    elif precision in AUTOCAST_DTYPES:
+        with torch.autocast(device_type=device.type, dtype=AUTOCAST_DTYPES[precision]):
             yield
     else:
         yield
@@ -78,7 +86,9 @@ class RestoredNet:
         """``steps`` targeted PGD steps (SPEC §3) from ``adversarial``; tensors in, tensor out. As
         `repro.attacks.pgd_targeted`: the gradient of the summed cross-entropy to the targets w.r.t. the
         input, adv ← clip(adv − α·sign(∇), lo, hi), lo/hi = clip(x ∓ ε, −1, 1); the start is projected only
-        after the first step, and the result once more at the end (so 0 steps give the projected start)."""
+        after the first step, and the result once more at the end (so 0 steps give the projected start). In
+        float16 the loss is scaled first (`repro.engines.FP16_LOSS_SCALE`), which leaves the signs as they are."""
+        loss_scale = LOSS_SCALES.get(self.precision)
         epsilon, step = epsilon_pixels * IMAGE_SCALE, step_pixels * IMAGE_SCALE
         low, high = torch.clamp(clean - epsilon, -1.0, 1.0), torch.clamp(clean + epsilon, -1.0, 1.0)
         for _ in range(steps):
@@ -86,6 +96,8 @@ class RestoredNet:
             with attack_precision(self.precision, self.device):
                 logits = self.model(adversarial)
             loss = F.cross_entropy(logits.float(), targets, reduction="sum")
+            if loss_scale is not None:
+                loss = loss * loss_scale
             gradient, = torch.autograd.grad(loss, adversarial)
             adversarial = torch.minimum(torch.maximum(adversarial.detach() - step * torch.sign(gradient), low), high)
         return torch.minimum(torch.maximum(adversarial.detach(), low), high)
