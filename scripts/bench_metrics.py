@@ -2,6 +2,7 @@
 """The in-graph metrics against their reference implementations, over all 50 ResNet-152 block outputs.
 
     python scripts/bench_metrics.py [--images 4] [--repeats 3] [--markdown docs/performance.md]
+    REPRO_METRICS_XLA=1 python scripts/bench_metrics.py      # with the opt-in XLA fusion (repro.metrics)
 
 ResNet-152's 50 residual blocks have four output shapes (SPEC §1, §5): 3 × (256, 56, 56), 8 × (512, 28, 28),
 36 × (1024, 14, 14), 3 × (2048, 7, 7) — 47,872 channel maps per image. The maps are random, post-ReLU-like
@@ -152,8 +153,9 @@ def main(argv=None):
     blocks = [post_relu_maps(rng, (args.images, channels, side, side))
               for channels, side, count in RESNET152_BLOCK_SHAPES for _ in range(count)]
     names = tuple(args.metrics)
-    print("ResNet-152's 50 block outputs, {} images per in-graph run, {} CPU cores".format(args.images, os.cpu_count()),
-          flush=True)
+    fusion = "REPRO_METRICS_XLA={}".format(int(metrics._XLA))
+    print("ResNet-152's 50 block outputs, {} images per in-graph run, {} CPU cores, {}".format(
+        args.images, os.cpu_count(), fusion), flush=True)
     graph_seconds, graph_values = time_graph(blocks, names, args.repeats)
     reference_seconds, reference_values, scaled = time_references(blocks, names, args.uiq_channels)
 
@@ -192,9 +194,9 @@ def main(argv=None):
         stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
         with open(args.markdown, "a") as stream:
             stream.write("\n### {} — metrics\n\n`python scripts/bench_metrics.py {}`; all 50 ResNet-152 block "
-                         "outputs, {} images per in-graph run, best of {} after a warm-up; references over all "
+                         "outputs, {} images per in-graph run, {}, best of {} after a warm-up; references over all "
                          "47,872 channels of one image; {} ({} CPUs)\n\n{}\n".format(
-                             stamp, " ".join(sys.argv[1:] if argv is None else argv), args.images, args.repeats,
+                             stamp, " ".join(sys.argv[1:] if argv is None else argv), args.images, fusion, args.repeats,
                              platform.platform(), os.cpu_count(), table))
     return 0
 
