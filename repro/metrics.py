@@ -33,10 +33,10 @@ Public API:
 import collections
 import contextlib
 import functools
-import os
 import inspect
 import math
 import numbers
+import os
 
 import numpy as np
 
@@ -71,6 +71,7 @@ def _fused():
 
 
 def _unfused():
+    """Ops built inside stay ordinary TensorFlow ops, also within `_fused`."""
     if not _XLA:
         return contextlib.nullcontext()
     return tf.xla.experimental.jit_scope(compile_ops=False)
@@ -307,7 +308,7 @@ def _package_metric_op(name, pair):
     def compute(reference, perturbed):
         return package_metric_loop(name, reference, perturbed)
 
-    with tf.xla.experimental.jit_scope(compile_ops=False):
+    with _unfused():
         values = tf.numpy_function(compute, [pair.given_reference, pair.given_perturbed], tf.float64,
                                    stateful=False)
     values.set_shape(pair.reference.shape[:2])

@@ -12,9 +12,6 @@ figure is the best of ``--repeats`` runs after one warm-up run. ``--markdown FIL
 command, the machine and the date to FILE (docs/performance.md).
 """
 import argparse
-import datetime
-import os
-import platform
 import sys
 import tempfile
 import time
@@ -25,33 +22,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from repro import checkpoints, engines, zoo  # noqa: E402
-from repro.protocol import DEFAULT_METRICS, StudyConfig, perturbation_draws, random_targets  # noqa: E402
+from repro.protocol import DEFAULT_METRICS, StudyConfig  # noqa: E402
 
-
-def best_of(function, repeats):
-    function()                                                      # warm-up: allocation, autotuning, caches
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - began)
-    return min(times)
+from bench_common import append_markdown, best_of, study_inputs  # noqa: E402
 
 
 def synchronize(device):
     import torch
     if device is not None and str(device).startswith("cuda"):
         torch.cuda.synchronize()
-
-
-def study_inputs(spec, count, seed=0):
-    size = spec.arch.input_size
-    images = np.random.default_rng(seed).integers(0, 256, (count, size, size, 3)).astype(np.uint8)
-    from repro.data import to_model_space
-    clean = to_model_space(images)
-    draws = perturbation_draws(seed, range(count), clean.shape[1:], spec.arch.num_classes)
-    targets = random_targets(np.arange(count) % spec.arch.num_classes, draws["target_offset"], spec.arch.num_classes)
-    return images, clean, clean + draws["start"] * np.float32(16 * 2 / 255), targets
 
 
 def bench_engine(engine, spec, checkpoint, args):
@@ -163,13 +142,9 @@ def main(argv=None):
     table = "\n".join(lines)
     print(table)
     if args.markdown:
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        with open(args.markdown, "a") as stream:
-            stream.write("\n### {} — {}\n\n`python scripts/bench_engines.py {}`; {} images × {} steps, precision {}, "
-                         "best of {} after a warm-up; {} ({} CPUs)\n\n{}\n".format(
-                             stamp, ", ".join(args.engines), " ".join(sys.argv[1:] if argv is None else argv),
-                             args.images, args.steps, args.precision, args.repeats, platform.platform(),
-                             os.cpu_count(), table))
+        append_markdown(args.markdown, ", ".join(args.engines), "bench_engines.py", argv,
+                        "{} images × {} steps, precision {}, best of {} after a warm-up".format(
+                            args.images, args.steps, args.precision, args.repeats), table)
     return 0
 
 

@@ -24,9 +24,7 @@ Targets (issue "Performance of the TensorFlow engine"): SSIM ≥ 30× its loop w
 other default metric ≥ 20×.
 """
 import argparse
-import datetime
 import os
-import platform
 import sys
 import time
 import warnings
@@ -39,6 +37,8 @@ import numpy as np  # noqa: E402
 from repro import metrics  # noqa: E402
 from repro.protocol import DEFAULT_METRICS, uiq_window_size  # noqa: E402
 from repro.tfcompat import tf  # noqa: E402
+
+from bench_common import append_markdown, best_of  # noqa: E402
 
 # (channels, side, number of blocks) of ResNet-152's block outputs.
 RESNET152_BLOCK_SHAPES = ((256, 56, 3), (512, 28, 8), (1024, 14, 36), (2048, 7, 3))
@@ -53,17 +53,6 @@ def post_relu_maps(rng, shape):
     clean = np.maximum(pre_activation, 0.0)
     perturbed = np.maximum(pre_activation + rng.normal(0.0, 0.8, shape).astype(np.float32), 0.0)
     return clean, perturbed
-
-
-def best_time(run, repeats):
-    """The fastest of `repeats` runs after one warm-up run (the others include interference)."""
-    run()
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        run()
-        times.append(time.perf_counter() - began)
-    return min(times)
 
 
 def reference_functions():
@@ -101,8 +90,8 @@ def time_graph(blocks, names, repeats):
         initialize = tf.global_variables_initializer()
     with tf.Session(graph=graph) as session:
         session.run(initialize)
-        seconds = {name: best_time(lambda: session.run(alone[name]), repeats) for name in names}
-        seconds["all"] = best_time(lambda: session.run(together), repeats)
+        seconds = {name: best_of(lambda: session.run(alone[name]), repeats) for name in names}
+        seconds["all"] = best_of(lambda: session.run(together), repeats)
         values = session.run(together)
     return seconds, values
 
@@ -191,13 +180,10 @@ def main(argv=None):
     print(table)
     print("targets met" if met else "TARGETS NOT MET")
     if args.markdown:
-        stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-        with open(args.markdown, "a") as stream:
-            stream.write("\n### {} — metrics\n\n`python scripts/bench_metrics.py {}`; all 50 ResNet-152 block "
-                         "outputs, {} images per in-graph run, {}, best of {} after a warm-up; references over all "
-                         "47,872 channels of one image; {} ({} CPUs)\n\n{}\n".format(
-                             stamp, " ".join(sys.argv[1:] if argv is None else argv), args.images, fusion, args.repeats,
-                             platform.platform(), os.cpu_count(), table))
+        append_markdown(args.markdown, "metrics", "bench_metrics.py", argv,
+                        "all 50 ResNet-152 block outputs, {} images per in-graph run, {}, best of {} after a warm-up; "
+                        "references over all 47,872 channels of one image".format(args.images, fusion, args.repeats),
+                        table)
     return 0
 
 
