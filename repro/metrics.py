@@ -7,9 +7,11 @@ inputs as reconstructions" (paper §5.1; SPEC §5). ResNet-152 has 47,872 channe
 every metric here is a graph op over a whole tap tensor: two (N, C, H, W) tensors in, one (N, C)
 tensor out. Nothing larger than those scalars has to leave the session.
 
-Speed: the window means of SSIM and UIQ are matrix products (`ChannelPair.window_means`); SSIM needs
-four of them, not five (σx² + σy² from one window mean of x² + y²). ``REPRO_METRICS_XLA=1`` compiles the
-element-wise arithmetic into fused loops (`_fused`: faster for long full-size runs, slower for short ones).
+Speed: SSIM, UIQ and the sums over a difference or a product are XLA-compiled functions (`_compiled`), one
+loop over the maps instead of one pass per TensorFlow op; a window mean is a separable VALID average pool
+compiled into that loop. A function is compiled once per map shape and batch size and shared by every block of
+that shape (ResNet-152's 50 blocks have four shapes), so compiling costs seconds per graph, not per block.
+SSIM needs four window means, not five (σx² + σy² from one window mean of x² + y²).
 
 Numerics: the tap tensors are float32; every metric casts them to float64 first, because SSIM and
 UIQ take window variances as E[x²] − E[x]² (a difference of nearly equal numbers in flat windows)
@@ -31,55 +33,115 @@ Public API:
 - ``per_channel(metric, reference, perturbed, **options)``: the same kernels on NumPy arrays.
 """
 import collections
-import contextlib
 import functools
 import inspect
 import math
 import numbers
-import os
 
 import numpy as np
 
 from repro.package_metrics import package_metric_loop
 from repro.protocol import (DEFAULT_METRICS, METRIC_NAMES, PAPER_METRICS, SLOW_METRICS,  # noqa: F401
-                            SSIM_K1, SSIM_K2, UIQ_FLAT_WINDOW_TOLERANCE, band_average_matrix,
-                            ssim_window_size, uiq_window_size)
+                            SSIM_K1, SSIM_K2, UIQ_FLAT_WINDOW_TOLERANCE, ssim_window_size,
+                            uiq_window_size)
 from repro.tfcompat import tf
 
 _GRAPH_CACHE_SIZE = 16
-_STACKED_UP_TO = 28 * 28
-"""Maps of at most this many pixels have their window means computed stacked (`ChannelPair.window_means`)."""
-_ACROSS_AS_ONE_PRODUCT_FROM = 28 * 28
-"""Maps of at least this many pixels take their window means' row product as one 2-D product (`window_means`)."""
-_XLA = os.environ.get("REPRO_METRICS_XLA", "0") == "1"
-"""``REPRO_METRICS_XLA=1`` compiles the metrics' element-wise arithmetic with XLA (`_fused`): off by default,
-because compiling costs more than it saves except in long runs on full-size models."""
 
 
-def _fused():
-    """With ``REPRO_METRICS_XLA=1``, XLA compiles the metrics' element-wise arithmetic and reductions into
-    fused loops (one pass over the maps instead of one per op); the window means' matrix products and the
-    NumPy package metrics stay ordinary TensorFlow ops (`_unfused`). Measured (`scripts/bench_metrics.py
-    --images 2`, ResNet-152's 50 blocks, 2 cores): every default metric together 0.330 → 0.257 s per image,
-    SSIM 0.154 → 0.103, the Frobenius norm 0.012 → 0.0064; values equal to 1e-14. But each block's cluster
-    compiles once per process and batch size, about 0.4 s each: `make demo` (miniature models, 14 blocks)
-    took 152 s instead of 112 s (taps + metrics 84 s instead of 11 s), and a full-size ResNet-152 study
-    graph adds about 40 s. Worth it only for long runs on full-size models (hours on CPU), hence opt-in."""
-    if not _XLA:
-        return contextlib.nullcontext()
-    return tf.xla.experimental.jit_scope(compile_ops=True, separate_compiled_gradients=False)
+def _compiled(function):
+    """`function` as an XLA-compiled TensorFlow function (``jit_compile=True``): its element-wise arithmetic,
+    pooling and reductions become fused loops that read the maps once, where plain TensorFlow writes and reads
+    a float64 copy per op. Traced once per input signature (map shape; Python arguments such as the window
+    are part of it) and compiled once per concrete shape, so all blocks of one shape share one compilation.
+
+    Measured over ResNet-152's 50 block outputs (`scripts/bench_metrics.py`, 2 cores; alternating A/B in one
+    process): SSIM 111 → 50 ms per image, the sum of squared differences 10.8 → 5.3 ms; values equal to 2e-15.
+    Compiling costs about 0.7 s per map shape for SSIM and 0.2 s for a sum. XLA on this CPU runs one compiled
+    function at a time on one core, so single-map sums (`ChannelPair.reference_norm`, …) stay ordinary
+    multi-threaded TensorFlow ops, which run beside them."""
+    return tf.function(function, jit_compile=True, autograph=False)
 
 
-def _unfused():
-    """Ops built inside stay ordinary TensorFlow ops, also within `_fused`."""
-    if not _XLA:
-        return contextlib.nullcontext()
-    return tf.xla.experimental.jit_scope(compile_ops=False)
+def _window_mean(maps, window):
+    """Mean of every `window`×`window` block that fits inside (N, C, H, W) maps (step 1, no padding):
+    (N, C, H − window + 1, W − window + 1). Separable, along W then H: inside an XLA function this is two
+    fused loops; measured 2× faster over ResNet-152's blocks than the banded matrix products it replaced
+    (L_H · X · L_Wᵀ), and 2.4× faster than one 2-D pool."""
+    maps = tf.nn.avg_pool2d(maps, [1, 1, 1, window], [1, 1, 1, 1], "VALID", data_format="NCHW")
+    return tf.nn.avg_pool2d(maps, [1, 1, window, 1], [1, 1, 1, 1], "VALID", data_format="NCHW")
+
+
+def _as_float64(reference, perturbed):
+    return tf.cast(reference, tf.float64), tf.cast(perturbed, tf.float64)
+
+
+@_compiled
+def _sum_squared_difference(reference, perturbed):
+    """Σ (A − B)² per channel in float64: (N, C, H, W) × 2 → (N, C)."""
+    reference, perturbed = _as_float64(reference, perturbed)
+    return tf.reduce_sum(tf.square(reference - perturbed), axis=[2, 3])
+
+
+@_compiled
+def _sum_product(reference, perturbed):
+    """Σ A·B per channel in float64: (N, C, H, W) × 2 → (N, C)."""
+    reference, perturbed = _as_float64(reference, perturbed)
+    return tf.reduce_sum(reference * perturbed, axis=[2, 3])
+
+
+def _per_map(value):
+    """A scalar, or an (N, C) per-channel value broadcast over (N, C, h, w) maps."""
+    return value[:, :, tf.newaxis, tf.newaxis] if value.shape.rank == 2 else value
+
+
+@_compiled
+def _mean_ssim(reference, perturbed, peak, window):
+    """Mean SSIM per channel (see `ssim_per_channel`), peak = R: a float64 scalar or (N, C)."""
+    x, y = _as_float64(reference, perturbed)
+    # The formula needs σx² + σy², never either alone: one window mean of x² + y² instead of two.
+    means = _window_mean(tf.concat([x, y, tf.square(x) + tf.square(y), x * y], axis=1), window)
+    mean_x, mean_y, mean_squares_sum, mean_product = tf.split(means, 4, axis=1)
+    peak = _per_map(peak)
+    c1 = tf.square(SSIM_K1 * peak)
+    c2 = tf.square(SSIM_K2 * peak)
+    # Sample (co)variances, as skimage's use_sample_covariance=True: window mean × n / (n − 1).
+    sample_norm = window ** 2 / (window ** 2 - 1.0)
+    means_product = mean_x * mean_y
+    means_squared = tf.square(mean_x) + tf.square(mean_y)
+    variances = sample_norm * (mean_squares_sum - means_squared)
+    covariance = sample_norm * (mean_product - means_product)
+    ssim_map = ((2.0 * means_product + c1) * (2.0 * covariance + c2)) / (
+        (means_squared + c1) * (variances + c2))
+    return tf.reduce_mean(ssim_map, axis=[2, 3])
+
+
+@_compiled
+def _mean_uiq(reference, perturbed, window):
+    """Mean UIQ per channel (see `uiq_per_channel`)."""
+    x, y = _as_float64(reference, perturbed)
+    means = _window_mean(tf.concat([x, y, tf.square(x), tf.square(y), x * y], axis=1), window)
+    mean_x, mean_y, mean_square_x, mean_square_y, mean_product = tf.split(means, 5, axis=1)
+    # Population (co)variances as the package's np.var; Q does not depend on n vs n − 1.
+    var_x = mean_square_x - tf.square(mean_x)
+    var_y = mean_square_y - tf.square(mean_y)
+    cov_xy = mean_product - mean_x * mean_y
+    flat_x = var_x <= UIQ_FLAT_WINDOW_TOLERANCE * mean_square_x
+    flat_y = var_y <= UIQ_FLAT_WINDOW_TOLERANCE * mean_square_y
+    zeros = tf.zeros_like(var_x)
+    var_x = tf.where(flat_x, zeros, var_x)
+    var_y = tf.where(flat_y, zeros, var_y)
+    cov_xy = tf.where(tf.logical_or(flat_x, flat_y), zeros, cov_xy)  # |σxy| ≤ σx·σy
+    numerator = 4.0 * cov_xy * mean_x * mean_y
+    denominator = (var_x + var_y) * (tf.square(mean_x) + tf.square(mean_y))
+    # The package maps 0/0 to 0 (np.nan_to_num); with flat windows zeroed, a zero denominator
+    # always comes with a zero numerator, so divide_no_nan gives exactly that.
+    return tf.reduce_mean(tf.math.divide_no_nan(numerator, denominator), axis=[2, 3])
 
 
 class ChannelPair:
-    """A clean and a perturbed tap tensor (N, C, H, W), cast to float64, with the per-channel
-    quantities several metrics share (difference, squared maps, their sums).
+    """A clean and a perturbed tap tensor (N, C, H, W) with the per-channel quantities several metrics
+    share (the sum of squared differences, norms, means), in float64.
 
     Each shared quantity is built once, on first use, so ``metric_ops`` adds every common
     subexpression to the graph only once. The batch size N may be unknown; H and W must be static
@@ -90,50 +152,41 @@ class ChannelPair:
         reference = tf.convert_to_tensor(reference)
         perturbed = tf.convert_to_tensor(perturbed)
         _check_tensor_pair(reference, perturbed)
-        self.given_reference, self.given_perturbed = reference, perturbed  # for the NumPy packages
-        self.reference = tf.cast(reference, tf.float64)
-        self.perturbed = tf.cast(perturbed, tf.float64)
+        self.given_reference, self.given_perturbed = reference, perturbed  # as tapped: float32 in the study
         _, _, self.height, self.width = reference.shape.merge_with(perturbed.shape).as_list()
         self.pixel_count = self.height * self.width
-        self._band_matrices = {}  # window → averaging matrices, shared by all window_means calls
 
     @functools.cached_property
-    def difference(self):
-        return self.reference - self.perturbed
+    def reference(self):
+        return tf.cast(self.given_reference, tf.float64)
+
+    @functools.cached_property
+    def perturbed(self):
+        return tf.cast(self.given_perturbed, tf.float64)
 
     @functools.cached_property
     def sum_squared_error(self):
         """Σ (A − B)² over each channel, shape (N, C)."""
-        return tf.reduce_sum(tf.square(self.difference), axis=[2, 3])
+        return _sum_squared_difference(self.given_reference, self.given_perturbed)
+
+    @functools.cached_property
+    def sum_product(self):
+        """Σ A·B over each channel, shape (N, C)."""
+        return _sum_product(self.given_reference, self.given_perturbed)
 
     @functools.cached_property
     def reference_mean(self):
         return tf.reduce_mean(self.reference, axis=[2, 3])
 
     @functools.cached_property
-    def reference_squared(self):
-        return tf.square(self.reference)
+    def reference_norm(self):
+        """‖A‖_F of each channel, shape (N, C)."""
+        return tf.math.reduce_euclidean_norm(self.reference, axis=[2, 3])
 
     @functools.cached_property
-    def perturbed_squared(self):
-        return tf.square(self.perturbed)
-
-    @functools.cached_property
-    def product(self):
-        return self.reference * self.perturbed
-
-    @functools.cached_property
-    def squares_sum(self):
-        """A² + B², element-wise (SSIM's σx² + σy² from one window mean)."""
-        return self.reference_squared + self.perturbed_squared
-
-    @functools.cached_property
-    def reference_sum_squares(self):
-        return tf.reduce_sum(self.reference_squared, axis=[2, 3])
-
-    @functools.cached_property
-    def perturbed_sum_squares(self):
-        return tf.reduce_sum(self.perturbed_squared, axis=[2, 3])
+    def perturbed_norm(self):
+        """‖B‖_F of each channel, shape (N, C)."""
+        return tf.math.reduce_euclidean_norm(self.perturbed, axis=[2, 3])
 
     @functools.cached_property
     def reference_value_range(self):
@@ -150,42 +203,7 @@ class ChannelPair:
 
     def nan_per_channel(self):
         """An (N, C) tensor of NaN: the value of a metric that is undefined for this map size."""
-        return tf.fill(tf.shape(self.reference)[:2], tf.constant(math.nan, tf.float64))
-
-    def window_means(self, maps, window):
-        """Means of every `window`×`window` block that fits inside the maps (step 1, no padding), for
-        each tensor of the list ``maps``: (N, C, H, W) → (N, C, H − window + 1, W − window + 1).
-
-        A box filter is separable, so it is two matrix products with banded averaging matrices,
-        L_H · X · L_Wᵀ; on CPU this runs faster than a stride-1 average pool, a convolution or cumulative
-        sums (measured in float64 at the ResNet-152 block sizes). Under XLA (`_fused`, which makes the stack
-        in the same loop as the maps), maps of up to 28×28 are stacked into one pair of products (fewer,
-        larger products: 7% off SSIM over ResNet-152's 50 blocks; 56×56 maps gain nothing); without it the
-        stack is one more copy and costs more than it saves. Otherwise, for maps of 28×28 and more, X · L_Wᵀ
-        is one 2-D product over the rows of all channels (2.1 vs 5.3 ms for 2 × 256 maps of 56×56; SSIM over
-        the 50 blocks 10% faster); L_H · (·) stays a product per channel, since making it one 2-D product
-        needs a transpose that costs what it saves. The products stay ordinary TensorFlow ops (`_unfused`):
-        compiled by XLA they ran slower.
-        """
-        if window not in self._band_matrices:
-            self._band_matrices[window] = (tf.constant(band_average_matrix(self.height, window)),
-                                           tf.constant(band_average_matrix(self.width, window)))
-        rows, columns = self._band_matrices[window]
-        if _XLA and self.pixel_count <= _STACKED_UP_TO:
-            stacked = tf.stack(maps)
-            with _unfused():
-                means = tf.matmul(tf.matmul(rows, stacked), columns, transpose_b=True)
-            return tf.unstack(means)
-        with _unfused():
-            if self.pixel_count < _ACROSS_AS_ONE_PRODUCT_FROM:
-                return [tf.matmul(tf.matmul(rows, m), columns, transpose_b=True) for m in maps]
-            means = []
-            for m in maps:
-                shape = tf.shape(m)
-                across = tf.matmul(tf.reshape(m, [-1, self.width]), columns, transpose_b=True)
-                across = tf.reshape(across, tf.stack([shape[0], shape[1], self.height, columns.shape[0]]))
-                means.append(tf.matmul(rows, across))
-            return means
+        return tf.fill(tf.shape(self.given_reference)[:2], tf.constant(math.nan, tf.float64))
 
 
 def _check_tensor_pair(reference, perturbed):
@@ -244,35 +262,18 @@ def _psnr(pair, *, data_range=2.0):
 
 
 def _cosine(pair):
-    cross = tf.reduce_sum(pair.product, axis=[2, 3])
-    return cross / (tf.sqrt(pair.reference_sum_squares) * tf.sqrt(pair.perturbed_sum_squares))
+    return pair.sum_product / (pair.reference_norm * pair.perturbed_norm)
 
 
 def _rel_l2(pair):
-    return _frobenius(pair) / tf.sqrt(pair.reference_sum_squares)
+    return _frobenius(pair) / pair.reference_norm
 
 
 def _ssim(pair, *, data_range=2.0, win_size=7):
-    peak = pair.data_range(data_range)
     window = ssim_window_size(pair.height, pair.width, win_size)
     if window is None:
         return pair.nan_per_channel()
-    if data_range == "reference":
-        peak = peak[:, :, tf.newaxis, tf.newaxis]  # broadcast over the SSIM map
-    c1 = (SSIM_K1 * peak) ** 2
-    c2 = (SSIM_K2 * peak) ** 2
-    # The formula needs σx² + σy², never either alone: one window mean of x² + y² instead of two.
-    mean_x, mean_y, mean_squares_sum, mean_product = pair.window_means(
-        [pair.reference, pair.perturbed, pair.squares_sum, pair.product], window)
-    # Sample (co)variances, as skimage's use_sample_covariance=True: window mean × n / (n − 1).
-    sample_norm = window ** 2 / (window ** 2 - 1.0)
-    means_product = mean_x * mean_y
-    means_squared = tf.square(mean_x) + tf.square(mean_y)
-    variances = sample_norm * (mean_squares_sum - means_squared)
-    covariance = sample_norm * (mean_product - means_product)
-    ssim_map = ((2.0 * means_product + c1) * (2.0 * covariance + c2)) / (
-        (means_squared + c1) * (variances + c2))
-    ssim = tf.reduce_mean(ssim_map, axis=[2, 3])
+    ssim = _mean_ssim(pair.given_reference, pair.given_perturbed, pair.data_range(data_range), window)
     if data_range == "reference":
         # A constant clean map has range 0, so C1 = C2 = 0 and SSIM is 0/0 or 0 window by window
         # depending on the perturbed map: not a similarity. Mark the channel NaN (excluded downstream).
@@ -284,23 +285,7 @@ def _uiq(pair, *, window_size=8):
     window = uiq_window_size(pair.height, pair.width, window_size)
     if window is None:
         return pair.nan_per_channel()
-    mean_x, mean_y, mean_square_x, mean_square_y, mean_product = pair.window_means(
-        [pair.reference, pair.perturbed, pair.reference_squared, pair.perturbed_squared, pair.product], window)
-    # Population (co)variances as the package's np.var; Q does not depend on n vs n − 1.
-    var_x = mean_square_x - tf.square(mean_x)
-    var_y = mean_square_y - tf.square(mean_y)
-    cov_xy = mean_product - mean_x * mean_y
-    flat_x = var_x <= UIQ_FLAT_WINDOW_TOLERANCE * mean_square_x
-    flat_y = var_y <= UIQ_FLAT_WINDOW_TOLERANCE * mean_square_y
-    zeros = tf.zeros_like(var_x)
-    var_x = tf.where(flat_x, zeros, var_x)
-    var_y = tf.where(flat_y, zeros, var_y)
-    cov_xy = tf.where(tf.logical_or(flat_x, flat_y), zeros, cov_xy)  # |σxy| ≤ σx·σy
-    numerator = 4.0 * cov_xy * mean_x * mean_y
-    denominator = (var_x + var_y) * (tf.square(mean_x) + tf.square(mean_y))
-    # The package maps 0/0 to 0 (np.nan_to_num); with flat windows zeroed, a zero denominator
-    # always comes with a zero numerator, so divide_no_nan gives exactly that.
-    return tf.reduce_mean(tf.math.divide_no_nan(numerator, denominator), axis=[2, 3])
+    return _mean_uiq(pair.given_reference, pair.given_perturbed, window)
 
 
 def _package_metric_op(name, pair):
@@ -308,9 +293,8 @@ def _package_metric_op(name, pair):
     def compute(reference, perturbed):
         return package_metric_loop(name, reference, perturbed)
 
-    with _unfused():
-        values = tf.numpy_function(compute, [pair.given_reference, pair.given_perturbed], tf.float64,
-                                   stateful=False)
+    values = tf.numpy_function(compute, [pair.given_reference, pair.given_perturbed], tf.float64,
+                               stateful=False)
     values.set_shape(pair.reference.shape[:2])
     return values
 
@@ -516,15 +500,13 @@ def metric_ops(reference, perturbed, metrics=DEFAULT_METRICS, **options):
     The difference, squared maps and their sums are built once and shared.
     """
     metrics = _check_metric_names(metrics)
-    with _fused():
-        pair = ChannelPair(reference, perturbed)
-        return {name: _KERNELS[name](pair, **_options_for(name, options)) for name in metrics}
+    pair = ChannelPair(reference, perturbed)
+    return {name: _KERNELS[name](pair, **_options_for(name, options)) for name in metrics}
 
 
 def _run(kernel, reference, perturbed, **options):
-    """One kernel on a new ChannelPair, fused like ``metric_ops``."""
-    with _fused():
-        return kernel(ChannelPair(reference, perturbed), **options)
+    """One kernel on a new ChannelPair."""
+    return kernel(ChannelPair(reference, perturbed), **options)
 
 
 # --- NumPy entry point --------------------------------------------------------------------------

@@ -405,24 +405,25 @@ def test_bad_input_is_a_one_line_value_error_naming_the_problem(call, message):
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize("side", (7, 14, 28, 56))
-def test_xla_fused_metrics_equal_the_plain_graph(side, monkeypatch):
-    """``REPRO_METRICS_XLA=1`` (opt-in) fuses the element-wise arithmetic with XLA and stacks the window means
-    of small maps; every default metric stays equal to the plain graph's to 1e-12, inf and NaN included."""
-    reference, perturbed = post_relu_pair(side, (2, 3, side, side))
-    reference[0, 0] = 0.0                                  # a dead clean channel: SRE −inf
-    perturbed[1, 1] = reference[1, 1]                      # identical maps: SRE, PSNR +inf
-    values = {}
-    for fused in (False, True):
-        monkeypatch.setattr(metrics, "_XLA", fused)
-        graph = tf.Graph()
-        with graph.as_default():
-            ops = metrics.metric_ops(tf.constant(reference), tf.constant(perturbed))
-            compiled = [op for op in graph.get_operations()
-                        if "_XlaCompile" in op.node_def.attr and op.get_attr("_XlaCompile")]
-            assert bool(compiled) == fused, "XLA-marked ops: {}".format(len(compiled))
-            assert not any(op.type in ("BatchMatMulV2", "MatMul") for op in compiled)
-        with tf.Session(graph=graph) as session:
-            values[fused] = session.run(ops)
-    for name in metrics.DEFAULT_METRICS:
-        np.testing.assert_allclose(values[True][name], values[False][name], rtol=1e-12, atol=1e-14, err_msg=name)
+def test_compiled_functions_are_traced_once_per_map_shape():
+    """SSIM, UIQ and the sums are XLA-compiled functions (``metrics._compiled``); blocks of one map shape
+    share one function (so one compilation), whatever the number of blocks: ResNet-152's 50 blocks compile
+    four SSIM functions, not fifty. Each still computes its own block's values."""
+    shapes = [(2, 3, 14, 14)] * 3 + [(2, 3, 9, 9)]
+    pairs = [post_relu_pair(seed, shape) for seed, shape in enumerate(shapes)]
+    graph = tf.Graph()
+    with graph.as_default():
+        ops = [metrics.metric_ops(tf.constant(a), tf.constant(b)) for a, b in pairs]
+    library = [function.signature.name for function in graph.as_graph_def().library.function]
+    for kernel in ("_mean_ssim", "_mean_uiq", "_sum_squared_difference", "_sum_product"):
+        traced = [name for name in library if kernel in name]
+        assert len(traced) == 2, (kernel, traced)
+        calls = [op for op in graph.get_operations() if op.type in ("PartitionedCall", "StatefulPartitionedCall")
+                 and op.get_attr("f").name in traced]
+        assert len(calls) == len(shapes), (kernel, len(calls))
+    with tf.Session(graph=graph) as session:
+        values = session.run(ops)
+    for (a, b), got in zip(pairs, values):
+        np.testing.assert_allclose(got["ssim"], each_channel(lambda x, y: skimage_ssim(x, y, 2.0), a, b),
+                                   rtol=0, atol=1e-12)
+        np.testing.assert_allclose(got["frobenius"], numpy_formulas(a, b)["frobenius"], rtol=FLOAT64_RTOL)
