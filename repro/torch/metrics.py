@@ -2,8 +2,9 @@
 
 Same formulas, options and degenerate-case rules as the TensorFlow kernels (which hold the docstrings and
 references): two (N, C, H, W) maps in, (N, C) float64 out, shared subexpressions computed once; SSIM and
-UIQ window means by the same banded averaging matrices (L_H · X · L_Wᵀ), so the sums run in the same
-order. Tested against `repro.metrics.per_channel` (tests/test_torch.py).
+UIQ window means by banded averaging matrices (L_H · X · L_Wᵀ, fast on GPUs; the TensorFlow kernels use
+XLA-compiled average pools, which sum in another order: the two agree to round-off). Tested against
+`repro.metrics.per_channel` (tests/test_torch.py).
 """
 import math
 
