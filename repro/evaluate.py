@@ -199,7 +199,8 @@ def study(argv=None):
     checkpoint_paths = [cli.checkpoint_path(spec, load) for spec, load in
                         zip(specs, args.load or [None] * len(specs))]
     config = study_config(args)
-    engines.check_precision(args.engine, args.precision)
+    # On a Ray cluster (--ray ADDRESS) the workers, not this machine, need e.g. the GPU that fp16 needs.
+    engines.check_precision(args.engine, args.precision, this_machine=args.ray in (None, "local"))
     cli.check_writable_folder(args.out)
     hashes, selection = {}, None
     if not args.aggregate_only:

@@ -165,6 +165,28 @@ def test_fp16_is_refused_without_a_gpu_in_one_line_before_any_work(tmp_path, cap
     assert not out.exists()
 
 
+def test_a_ray_cluster_elsewhere_decides_for_itself_whether_it_can_run_fp16(tmp_path, monkeypatch):
+    """With --ray ADDRESS the workers are other machines (with GPUs, typically), so this machine's lack of a GPU
+    must not refuse fp16: the run goes on to the cluster, whose workers check when they build their graphs
+    (`engines.study`, refused above). A precision the engine lacks is still refused here."""
+    from repro import scheduler
+
+    class ReachedTheCluster(Exception):
+        pass
+
+    def run_ray(plan, pending, commit, actors, address=None, progress=None):
+        raise ReachedTheCluster(address)
+
+    monkeypatch.setattr(scheduler, "run_ray", run_ray)
+    argv = ["--zoo", "mini", "--model", "ResNet", "--images", "2", "--attack-iter", "1", "--precision", "fp16",
+            "--ray", "ray://head.example:10001", "--out", str(tmp_path / "out")]
+    with pytest.raises(ReachedTheCluster, match="ray://head.example:10001"):
+        evaluate.main(argv)
+    engines.check_precision("tensorflow", "fp16", this_machine=False)
+    with pytest.raises(engines.PrecisionUnavailable, match="unknown precision 'fp8'"):
+        engines.check_precision("tensorflow", "fp8", this_machine=False)
+
+
 def test_the_manifest_records_the_attack_precision(tmp_path):
     out = tmp_path / "out"
     assert cli.run_main(evaluate.main, ["--zoo", "mini", "--model", "ResNet", "--images", "2", "--batch", "2",

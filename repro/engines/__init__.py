@@ -59,15 +59,18 @@ def load(engine):
                                 "the other engine".format(engine, package, error)) from None
 
 
-def check_precision(engine, precision):
-    """Refuse, in one line and before any work, a precision that ``engine`` lacks or this machine cannot run."""
+def check_precision(engine, precision, *, this_machine=True):
+    """Refuse, in one line and before any work, a precision that ``engine`` lacks or this machine cannot run.
+
+    this_machine=False (a Ray cluster elsewhere computes): only what the engine offers is checked here; whether
+    the machines can run it is checked by each worker when it builds its graph (`study`, below)."""
     if precision not in PRECISIONS:
         raise PrecisionUnavailable("unknown precision {!r}: choose one of {}".format(precision, ", ".join(PRECISIONS)))
     module = load(engine)
     if precision not in module.PRECISIONS:
         raise PrecisionUnavailable("--precision {} is not available with --engine {} (it offers {})".format(
             precision, engine, ", ".join(module.PRECISIONS)))
-    reason = module.precision_unavailable(precision)
+    reason = module.precision_unavailable(precision) if this_machine else None
     if reason:
         raise PrecisionUnavailable(reason)
 
