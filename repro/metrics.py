@@ -7,9 +7,9 @@ inputs as reconstructions" (paper §5.1; SPEC §5). ResNet-152 has 47,872 channe
 every metric here is a graph op over a whole tap tensor: two (N, C, H, W) tensors in, one (N, C)
 tensor out. Nothing larger than those scalars has to leave the session.
 
-Speed: SSIM, UIQ and the sums over a difference or a product are XLA-compiled functions (`_compiled`), one
-loop over the maps instead of one pass per TensorFlow op; a window mean is a separable VALID average pool
-compiled into that loop. A function is compiled once per map shape and batch size and shared by every block of
+Speed: SSIM, UIQ and every per-channel sum are XLA-compiled functions (`_compiled`), one loop over the maps
+instead of one pass per TensorFlow op; a window mean is a separable VALID average pool compiled into that loop,
+and a sum runs over H before W (`_channel_sum`), which XLA vectorises. A function is compiled once per map shape and batch size and shared by every block of
 that shape (ResNet-152's 50 blocks have four shapes), so compiling costs seconds per graph, not per block.
 SSIM needs four window means, not five (σx² + σy² from one window mean of x² + y²).
 
@@ -29,7 +29,7 @@ Public API:
 - ``<metric>_per_channel(reference, perturbed, **options)``: one graph op, (N, C, H, W) → (N, C).
 - ``METRICS``: metric name → that function; ``PAPER_METRICS``, ``DEFAULT_METRICS``, ``SLOW_METRICS``.
 - ``metric_ops(reference, perturbed, metrics, **options)``: many metrics at once, sharing the
-  difference, the squared maps and their sums.
+  per-channel sums (of squared differences, products, squares) and the clean maps' means and ranges.
 - ``per_channel(metric, reference, perturbed, **options)``: the same kernels on NumPy arrays.
 """
 import collections
