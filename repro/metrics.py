@@ -517,7 +517,7 @@ def metric_ops(reference, perturbed, metrics=DEFAULT_METRICS, **options):
     reference, perturbed: (N, C, H, W) tensors (clean and perturbed taps of the same block; N may be
     unknown, H and W must be static). metrics: names from ``METRICS``. options: ``data_range``
     (ssim, psnr), ``win_size`` (ssim), ``window_size`` (uiq); each metric gets the ones it takes.
-    The difference, squared maps and their sums are built once and shared.
+    The per-channel sums, means and ranges are built once and shared.
     """
     metrics = _check_metric_names(metrics)
     pair = ChannelPair(reference, perturbed)
