@@ -9,9 +9,10 @@ tensor out. Nothing larger than those scalars has to leave the session.
 
 Speed: SSIM, UIQ and every per-channel sum are XLA-compiled functions (`_compiled`), one loop over the maps
 instead of one pass per TensorFlow op; a window mean is a separable VALID average pool compiled into that loop,
-and a sum runs over H before W (`_channel_sum`), which XLA vectorises. A function is compiled once per map shape and batch size and shared by every block of
-that shape (ResNet-152's 50 blocks have four shapes), so compiling costs seconds per graph, not per block.
-SSIM needs four window means, not five (σx² + σy² from one window mean of x² + y²).
+and a sum runs over H before W (`_channel_sum`), which XLA vectorises. A function is compiled once per map
+shape and batch size and shared by every block of that shape (ResNet-152's 50 blocks have four shapes), so
+compiling costs seconds per graph, not per block. SSIM needs four window means, not five (σx² + σy² from one
+window mean of x² + y²).
 
 Numerics: the tap tensors are float32; every metric casts them to float64 first, because SSIM and
 UIQ take window variances as E[x²] − E[x]² (a difference of nearly equal numbers in flat windows)
@@ -82,7 +83,7 @@ def _channel_sum(maps):
     XLA on CPU vectorises a reduction over a major axis (here across W) but runs one over the minor axes as a
     single chain of dependent scalar additions; the W-sum as a product with a ones vector keeps XLA from merging
     the two reductions back into one. Measured over ResNet-152's 50 blocks: ΣAB 6.6 → 3.5 ms per image, and
-    cosine (three sums in one function) 12.1 → 7.9 ms."""
+    cosine (ΣAB, ΣA², ΣB²) 12.1 → 7.5–7.9 ms."""
     rows = tf.reduce_sum(maps, axis=2)
     return tf.einsum("ncw,w->nc", rows, tf.ones([int(rows.shape[2])], maps.dtype))
 
