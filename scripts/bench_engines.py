@@ -65,7 +65,8 @@ def bench_torchvision(spec, args):
         import torchvision
     except ImportError:
         return None
-    from repro.torch.engine import IMAGE_SCALE, LOSS_SCALES, attack_precision, resolve_device, set_tf32
+    from repro.engines import loss_scale
+    from repro.torch.engine import IMAGE_SCALE, attack_precision, resolve_device, set_tf32
     device = resolve_device(args.device)
     set_tf32(False)
     model = torchvision.models.resnet152(weights=None).eval().to(device)
@@ -84,7 +85,7 @@ def bench_torchvision(spec, args):
             with attack_precision(args.precision, device):
                 logits = model(adversarial)
             loss = torch.nn.functional.cross_entropy(logits.float(), targets, reduction="sum")
-            gradient, = torch.autograd.grad(loss * LOSS_SCALES.get(args.precision, 1.0), adversarial)
+            gradient, = torch.autograd.grad(loss * (loss_scale(args.precision) or 1.0), adversarial)
             adversarial = torch.minimum(torch.maximum(adversarial.detach() - step * gradient.sign(), low), high)
         synchronize(device)
     return best_of(attack, args.repeats) / (args.images * args.steps)

@@ -34,6 +34,11 @@ logits' gradient, softmax − one-hot, is at most 1), so ×2¹⁰ stays 2⁶ bel
 bfloat16 has float32's exponent range and needs no scale."""
 
 
+def loss_scale(precision):
+    """The factor on the attack's loss for ``precision``: `FP16_LOSS_SCALE` for fp16, else None (no scaling)."""
+    return FP16_LOSS_SCALE if precision == "fp16" else None
+
+
 _MODULES = {"tensorflow": "repro.engines.tensorflow", "torch": "repro.torch.engine"}
 
 

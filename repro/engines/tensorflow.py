@@ -6,13 +6,12 @@ from tensorpack.tfutils.tower import TowerContext
 
 from repro import attacks, checkpoints
 from repro.classifier import Classifier, session_config
-from repro.engines import FP16_LOSS_SCALE
+from repro.engines import loss_scale
 from repro.models import model_function, preprocess
 
 PRECISIONS = ("float32", "tf32", "bf16", "fp16")
 COMPUTE_DTYPES = {"bf16": tf.bfloat16, "fp16": tf.float16}
 """The attack's model in these dtypes; float32 and tf32 build the float32 graph (TF32 is switched at run time)."""
-LOSS_SCALES = {"fp16": FP16_LOSS_SCALE}
 
 
 def precision_unavailable(precision):
@@ -31,7 +30,7 @@ def attack_in_graph(spec, precision, image, start, target, epsilon_pixels, step_
     code's half-precision attack, for speed on GPUs; build it inside the graph's inference TowerContext."""
     model = model_function(spec, compute_dtype=COMPUTE_DTYPES.get(precision))
     return attacks.pgd_targeted(model, image, start, target, epsilon_pixels, step_size_pixels, iterations,
-                                loss_scale=LOSS_SCALES.get(precision))
+                                loss_scale=loss_scale(precision))
 
 
 def set_tf32(enabled):

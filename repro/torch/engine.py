@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from repro import checkpoints
-from repro.engines import FP16_LOSS_SCALE
+from repro.engines import loss_scale
 from repro.protocol import PERTURBATIONS, StudyFlow
 from repro.taps import taps_for
 from repro.torch import metrics as torch_metrics
@@ -21,7 +21,6 @@ from repro.torch.models import build, restore
 
 PRECISIONS = ("float32", "tf32", "bf16", "fp16")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
-LOSS_SCALES = {"fp16": FP16_LOSS_SCALE}
 IMAGE_SCALE = 2.0 / 255
 
 
@@ -88,7 +87,7 @@ class RestoredNet:
         input, adv ← clip(adv − α·sign(∇), lo, hi), lo/hi = clip(x ∓ ε, −1, 1); the start is projected only
         after the first step, and the result once more at the end (so 0 steps give the projected start). In
         float16 the loss is scaled first (`repro.engines.FP16_LOSS_SCALE`), which leaves the signs as they are."""
-        loss_scale = LOSS_SCALES.get(self.precision)
+        scale = loss_scale(self.precision)
         epsilon, step = epsilon_pixels * IMAGE_SCALE, step_pixels * IMAGE_SCALE
         low, high = torch.clamp(clean - epsilon, -1.0, 1.0), torch.clamp(clean + epsilon, -1.0, 1.0)
         for _ in range(steps):
@@ -96,8 +95,8 @@ class RestoredNet:
             with attack_precision(self.precision, self.device):
                 logits = self.model(adversarial)
             loss = F.cross_entropy(logits.float(), targets, reduction="sum")
-            if loss_scale is not None:
-                loss = loss * loss_scale
+            if scale is not None:
+                loss = loss * scale
             gradient, = torch.autograd.grad(loss, adversarial)
             adversarial = torch.minimum(torch.maximum(adversarial.detach() - step * torch.sign(gradient), low), high)
         return torch.minimum(torch.maximum(adversarial.detach(), low), high)
