@@ -22,14 +22,7 @@ from repro.protocol import StudyConfig  # noqa: E402
 from repro.study import StudyGraph  # noqa: E402
 from repro.synthetic import write_synthetic_checkpoint  # noqa: E402
 
-
-def best_of(function, repeats):
-    times = []
-    for _ in range(repeats):
-        began = time.perf_counter()
-        function()
-        times.append(time.perf_counter() - began)
-    return min(times)
+from bench_common import best_of  # noqa: E402
 
 
 def main():
@@ -56,9 +49,7 @@ def main():
     noise = np.zeros_like(clean)
     feed = {graph.clean: clean, graph.random_noise: noise, graph.adversarial: clean}
     session = graph.session
-    session.run(graph.predictions, feed)                                       # warm-up
     forward = best_of(lambda: session.run(graph.predictions, feed), args.repeats)
-    session.run(graph.metric_values, feed)
     forward_metrics = best_of(lambda: session.run([graph.predictions, graph.metric_values], feed), args.repeats)
     targets = np.zeros(args.images, np.int64)
     attack = best_of(lambda: session.run(graph.attack, {graph.clean: clean, graph.adversarial: clean,
