@@ -8,7 +8,7 @@ Python API (`repro.api`; the command-line tools run the same code):
   (blocks, images, summary) as pandas DataFrames, and its files in ``out``;
 - ``validate(model, zoo="imagenet", data=None, attack_iter=0, **settings)`` → the validation table.
 Commands: ``repro-evaluate``, ``repro-validate``, ``repro-predict``, ``repro-download``, or ``python -m repro
-<command>``. PyTorch users: ``repro.torch.load_model`` gives an ``nn.Module``.
+<command>``. PyTorch users: ``repro.engines.torch.load_model`` gives an ``nn.Module``.
 
 TensorFlow reads these settings once, when it is first imported — by this package or by tensorpack —
 so they are set here, before any submodule can import either (SPEC §8):

@@ -213,42 +213,6 @@ def check_variables(checkpoint: Checkpoint, variables: Sequence[Tuple[str, Seque
     return extra
 
 
-# --- restoring into a graph ---------------------------------------------------------------------------
-
-def restore(session, checkpoint: Checkpoint, spec=None, variables: Optional[Sequence] = None) -> List[str]:
-    """Assign every model variable of the session's graph from ``checkpoint``, strictly.
-
-    A missing variable or a shape mismatch raises, naming it; when ``spec`` is given, a checkpoint of
-    another architecture is recognised first. Extra keys are logged as a warning and returned.
-    Afterwards no variable of the graph may remain uninitialized.
-    """
-    if spec is not None:
-        check_architecture(checkpoint, spec)
-    graph = session.graph
-    if variables is None:
-        with graph.as_default():
-            from repro.tfcompat import tf
-            variables = tf.global_variables()
-    extra = check_variables(checkpoint, [(variable_key(v.name), v.shape.as_list()) for v in variables])
-    with graph.as_default():
-        from repro.tfcompat import tf
-        # One session run assigns everything: per-variable runs cost seconds each on a 150-layer graph.
-        with tf.name_scope("restore"):
-            feeds = {}
-            assignments = []
-            for variable in variables:
-                placeholder = tf.placeholder(variable.dtype.base_dtype, variable.shape)
-                value = checkpoint.arrays[variable_key(variable.name)]
-                feeds[placeholder] = np.asarray(value, dtype=variable.dtype.base_dtype.as_numpy_dtype)
-                assignments.append(tf.assign(variable, placeholder, validate_shape=True).op)
-            session.run(tf.group(*assignments), feeds)
-        left = session.run(tf.report_uninitialized_variables(variables))
-    if len(left):
-        raise CheckpointError("variables left uninitialized after restoring {}: {}".format(
-            checkpoint.path, ", ".join(name.decode() for name in left[:5])))
-    return extra
-
-
 # --- synthetic checkpoints with the real names and shapes ---------------------------------------------
 
 def synthetic_arrays(name_shapes, seed: int = 0, residual_gain: float = 0.2,
@@ -257,7 +221,7 @@ def synthetic_arrays(name_shapes, seed: int = 0, residual_gain: float = 0.2,
     statistics, and a small γ on each residual branch's last BN (``residual_gain``; ``non_local_gain``
     for the dot-product non-local branches of ResNeXtDenoiseAll), the way trained ResNets keep the
     residual stream bounded. The BN statistics are placeholders: use
-    ``repro.synthetic.synthetic_checkpoint`` for a network whose activations stay in range (the
+    ``repro.engines.tensorflow.synthetic.synthetic_checkpoint`` for a network whose activations stay in range (the
     dot-product non-local block is cubic in its input). For tests and dry runs; the numbers mean nothing."""
     rng = np.random.default_rng(seed)
     arrays = {}

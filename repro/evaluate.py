@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 if __package__ in (None, ""):
-    # The repository instead of repro/ itself, whose torch/ would otherwise shadow PyTorch.
+    # Run as a script: the repository on the path, not repro/ itself (whose modules would shadow others by name).
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from repro import cli, engines, protocol, zoo

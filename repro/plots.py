@@ -36,7 +36,7 @@ GROUP_SEPARATOR_COLOUR = "0.6"
 # Fig. 5.2 lists the baseline first, then the denoising models; other models follow by name.
 PAPER_MODEL_ORDER = ("ResNet", "ResNetDenoise", "ResNeXtDenoiseAll")
 
-# metric name (as in repro.metrics.METRICS) -> (panel title, y-axis label). Unknown names fall back to
+# metric name (as in repro.engines.tensorflow.metrics.METRICS) -> (panel title, y-axis label). Unknown names fall back to
 # themselves. "sre" is the image-similarity-measures form that made the paper's figures; "sre_eq" is
 # the paper's equation (SPEC §5).
 METRIC_LABELS = {

@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 if __package__ in (None, ""):
-    # The repository instead of repro/ itself, whose torch/ would otherwise shadow PyTorch.
+    # Run as a script: the repository on the path, not repro/ itself (whose modules would shadow others by name).
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 import numpy as np

@@ -19,7 +19,7 @@ RELEASES = "https://github.com/facebookresearch/ImageNet-Adversarial-Training/re
 @dataclass(frozen=True)
 class Architecture:
     """Everything the shared builder needs to lay out one network."""
-    family: str                                  # key of repro.models.nets.BUILDERS
+    family: str                                  # key of repro.engines.tensorflow.models.nets.BUILDERS
     blocks_per_group: Tuple[int, ...]
     group_channels: Tuple[int, ...] = (64, 128, 256, 512)   # bottleneck width; outputs are 4×
     group_strides: Tuple[int, ...] = (1, 2, 2, 2)

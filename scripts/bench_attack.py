@@ -8,7 +8,7 @@
 Every configuration — model × threads × XLA × precision × batch — runs in its own child process, because XLA
 (``TF_XLA_FLAGS``) must be set before TensorFlow is imported and the thread pools when the session is made
 (``$REPRO_THREADS``, as ``evaluate.py --workers`` sets them). A child builds the study's graph
-(`repro.study.StudyGraph`, the graph ``evaluate.py`` runs), restores the checkpoint (the shipped one for the
+(`repro.engines.tensorflow.study_graph.StudyGraph`, the graph ``evaluate.py`` runs), restores the checkpoint (the shipped one for the
 miniature zoo, a synthetic one with the real variable names for the ImageNet zoo: timings do not depend on
 the weights), runs the attack once to warm up and then ``--repeats`` times; the figure is the best of those
 runs divided by batch × steps. ``--rounds R`` runs the whole list of configurations R times, interleaved, and
@@ -61,7 +61,7 @@ def checkpoint_for(spec, scratch):
     if spec.bundled_dir:
         from repro import cli
         return str(cli.checkpoint_path(spec))
-    from repro.synthetic import write_synthetic_checkpoint
+    from repro.engines.tensorflow.synthetic import write_synthetic_checkpoint
     return str(write_synthetic_checkpoint(spec, Path(scratch) / (spec.name + ".npz")))
 
 

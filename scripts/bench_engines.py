@@ -66,7 +66,7 @@ def bench_torchvision(spec, args):
     except ImportError:
         return None
     from repro.engines import loss_scale
-    from repro.torch.engine import IMAGE_SCALE, attack_precision, resolve_device, set_tf32
+    from repro.engines.torch.engine import IMAGE_SCALE, attack_precision, resolve_device, set_tf32
     device = resolve_device(args.device)
     set_tf32(False)
     model = torchvision.models.resnet152(weights=None).eval().to(device)
@@ -114,7 +114,7 @@ def main(argv=None):
             from repro import cli
             checkpoint = checkpoints.read_checkpoint(cli.checkpoint_path(spec))
         else:
-            from repro.torch.synthetic import write_synthetic_checkpoint
+            from repro.engines.torch.synthetic import write_synthetic_checkpoint
             checkpoint = checkpoints.read_checkpoint(write_synthetic_checkpoint(spec, Path(scratch.name) / "c.npz"))
         for engine in args.engines:
             per_step, split = bench_engine(engine, spec, checkpoint, args)

@@ -8,10 +8,10 @@ ResNet-152's 50 residual blocks have four output shapes (SPEC §1, §5): 3 × (2
 (≥ 0, many zeros, roughly 0 … 10), held in graph variables so that neither feeding nor constant folding is
 timed. Measured for real, nothing extrapolated, except where a line says so:
 
-- in the graph: each default metric alone, and all default metrics together (`repro.metrics.metric_ops`, as
+- in the graph: each default metric alone, and all default metrics together (`repro.engines.tensorflow.metrics.metric_ops`, as
   the study computes them: shared differences, squares and sums), over the 50 blocks of ``--images`` images
   in one session run (as the study does), best of ``--repeats`` after a warm-up (which also compiles the XLA
-  functions of `repro.metrics`: the first run's time is printed separately), divided by the images;
+  functions of `repro.engines.tensorflow.metrics`: the first run's time is printed separately), divided by the images;
 - the references, one channel at a time over all 47,872 channels of one image, once: scikit-image's
   structural_similarity, mean_squared_error and peak_signal_noise_ratio, image-similarity-measures' sre, and
   NumPy for the rest (Frobenius norm, √MSE, the paper's SRE equation, cosine, relative L2).
@@ -34,9 +34,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from repro import metrics  # noqa: E402
+from repro.engines.tensorflow import metrics  # noqa: E402
+from repro.engines.tensorflow.tfcompat import tf  # noqa: E402
 from repro.protocol import DEFAULT_METRICS, uiq_window_size  # noqa: E402
-from repro.tfcompat import tf  # noqa: E402
 
 from bench_common import append_markdown, best_of  # noqa: E402
 

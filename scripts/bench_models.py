@@ -13,8 +13,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 import numpy as np  # noqa: E402
 
 from repro import zoo  # noqa: E402
-from repro.classifier import Classifier, model_variables  # noqa: E402
-from repro.synthetic import write_synthetic_checkpoint  # noqa: E402
+from repro.engines.tensorflow.classifier_graph import Classifier, model_variables  # noqa: E402
+from repro.engines.tensorflow.synthetic import write_synthetic_checkpoint  # noqa: E402
 
 
 def main():

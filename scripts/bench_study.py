@@ -16,11 +16,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import numpy as np  # noqa: E402
 
-from repro import metrics, zoo  # noqa: E402
+from repro import zoo  # noqa: E402
 from repro.data import to_model_space  # noqa: E402
+from repro.engines.tensorflow import metrics  # noqa: E402
+from repro.engines.tensorflow.study_graph import StudyGraph  # noqa: E402
+from repro.engines.tensorflow.synthetic import write_synthetic_checkpoint  # noqa: E402
 from repro.protocol import StudyConfig  # noqa: E402
-from repro.study import StudyGraph  # noqa: E402
-from repro.synthetic import write_synthetic_checkpoint  # noqa: E402
 
 from bench_common import best_of  # noqa: E402
 

@@ -29,9 +29,9 @@ def main(argv=None):
     spec = zoo.get_model(args.model, args.zoo, args.depth)
     cli.check_writable_file(args.out, "--out")
     if args.engine == "torch":
-        from repro.torch.synthetic import write_synthetic_checkpoint
+        from repro.engines.torch.synthetic import write_synthetic_checkpoint
     else:
-        from repro.synthetic import write_synthetic_checkpoint
+        from repro.engines.tensorflow.synthetic import write_synthetic_checkpoint
     path = write_synthetic_checkpoint(spec, args.out, seed=args.seed)
     from repro.checkpoints import sha256_of
     print("{}  {}".format(sha256_of(path), path))

@@ -116,9 +116,9 @@ class TrainingGraph:
         from tensorpack.tfutils.collection import freeze_collection
         from tensorpack.tfutils.tower import TowerContext
 
-        from repro import attacks
-        from repro.models import model_function, preprocess
-        from repro.tfcompat import tf
+        from repro.engines.tensorflow import attacks
+        from repro.engines.tensorflow.models import model_function, preprocess
+        from repro.engines.tensorflow.tfcompat import tf
 
         self.graph = tf.Graph()
         size, classes = spec.arch.input_size, spec.arch.num_classes
@@ -194,8 +194,9 @@ def source_revision():
 
 def train(spec, config, stream):
     """Run the training loop; returns (model arrays by name, run record)."""
-    from repro.classifier import model_variables, session_config
-    from repro.tfcompat import tf
+    from repro.engines.tensorflow.classifier_graph import model_variables
+    from repro.engines.tensorflow.session import session_config
+    from repro.engines.tensorflow.tfcompat import tf
 
     built = TrainingGraph(spec, config)
     names = [name[:-2] if name.endswith(":0") else name for name, _ in model_variables(spec)]
@@ -276,7 +277,7 @@ def evaluate(spec, checkpoint_path, attack_iterations, eval_limit, epsilon, seed
     return {
         "split": "test (repro.minidata.load_split('test'), class-interleaved, first n images)",
         "n": int(len(images)), "epsilon": epsilon, "seed": seed, "batch": batch,
-        "attack": "targeted PGD (repro.attacks.pgd_targeted), BatchNorm in inference mode, random start "
+        "attack": "targeted PGD (repro.engines.tensorflow.attacks.pgd_targeted), BatchNorm in inference mode, random start "
                   "x + U(-eps, eps) and target (label + offset) mod 10 per image from "
                   "repro.protocol.perturbation_draws(seed, image index); step size "
                   "repro.protocol.step_size_rule(eps, iterations)",
@@ -289,7 +290,7 @@ def package_versions():
     import cv2
     import matplotlib
     import skimage
-    import tensorflow  # already imported, configured, by repro.tfcompat
+    import tensorflow  # already imported, configured, by repro.engines.tensorflow.tfcompat
     import tensorpack
     return {"python": platform.python_version(), "tensorflow": tensorflow.__version__,
             "tensorpack": tensorpack.__version__, "numpy": np.__version__, "opencv": cv2.__version__,

@@ -34,7 +34,7 @@ def tiny_spec(family="resnet", blocks=(1, 1, 1, 1), name="Tiny", **arch):
 @pytest.fixture(scope="session")
 def synthetic_imagenet_checkpoint(tmp_path_factory):
     """Calibrated synthetic checkpoints of the full-size ImageNet models, made once per session."""
-    from repro.synthetic import write_synthetic_checkpoint
+    from repro.engines.tensorflow.synthetic import write_synthetic_checkpoint
     made = {}
 
     def make(name):

@@ -11,7 +11,7 @@ import pytest
 
 import repro
 from repro import api, cli, evaluate, minidata, validation, zoo
-from repro.classifier import Classifier
+from repro.engines.tensorflow.classifier_graph import Classifier
 
 
 def test_settings_become_the_commands_options():

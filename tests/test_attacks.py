@@ -4,11 +4,13 @@ import numpy as np
 import pytest
 from tensorpack.tfutils.tower import TowerContext
 
-from repro import attacks, checkpoints, protocol
+from repro import checkpoints, protocol
 from repro.data import to_model_space
-from repro.models import IMAGE_SCALE, model_function
-from repro.synthetic import synthetic_checkpoint
-from repro.tfcompat import tf
+from repro.engines.tensorflow import attacks
+from repro.engines.tensorflow import session as tf_session
+from repro.engines.tensorflow.models import IMAGE_SCALE, model_function
+from repro.engines.tensorflow.synthetic import synthetic_checkpoint
+from repro.engines.tensorflow.tfcompat import tf
 from tests.conftest import tiny_spec
 
 EPSILON = 16.0
@@ -92,7 +94,7 @@ class AttackGraph:
             self.variables = tf.global_variables()
             self.session = tf.Session()
         arrays = synthetic_checkpoint(spec, seed=seed, **gains)
-        checkpoints.restore(self.session, checkpoints.Checkpoint(None, "", arrays), spec)
+        tf_session.restore(self.session, checkpoints.Checkpoint(None, "", arrays), spec)
         self.graph.finalize()
 
     def run(self, clean, start, target, steps, step_size):

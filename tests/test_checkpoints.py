@@ -8,8 +8,8 @@ import pytest
 
 from repro import checkpoints, zoo
 from repro.checkpoints import CheckpointError
-from repro.classifier import Classifier, model_variables
-from repro.synthetic import synthetic_checkpoint
+from repro.engines.tensorflow.classifier_graph import Classifier, model_variables
+from repro.engines.tensorflow.synthetic import synthetic_checkpoint
 from tests.conftest import tiny_spec
 
 
@@ -44,7 +44,7 @@ def test_restored_values_are_exactly_the_checkpoint(tiny, tmp_path):
     spec, arrays = tiny
     classifier = Classifier(spec, checkpoints.save_checkpoint(arrays, tmp_path / "a.npz"))
     with classifier.graph.as_default():
-        from repro.tfcompat import tf
+        from repro.engines.tensorflow.tfcompat import tf
         for variable in tf.global_variables():
             np.testing.assert_array_equal(classifier.session.run(variable), arrays[variable.name[:-2]])
 

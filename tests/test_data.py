@@ -169,7 +169,7 @@ def test_resizing_rejects_what_is_not_a_bgr_uint8_image(bad):
 
 @pytest.mark.slow
 def test_resize_shorter_center_crop_equals_the_original_tensorpack_augmentors():
-    from repro.tfcompat import tf  # noqa: F401  (sets up TensorFlow before tensorpack imports it)
+    from repro.engines.tensorflow.tfcompat import tf  # noqa: F401  (sets up TensorFlow before tensorpack imports it)
     from tensorpack.dataflow import imgaug
 
     augmentors = imgaug.AugmentorList([imgaug.ResizeShortestEdge(256, cv2.INTER_CUBIC),

@@ -6,9 +6,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from repro import checkpoints, cli, evaluate, metrics, zoo
+from repro import checkpoints, cli, evaluate, zoo
 from repro.classes import load_class_index
-from repro.synthetic import write_synthetic_checkpoint
+from repro.engines.tensorflow import metrics
+from repro.engines.tensorflow.synthetic import write_synthetic_checkpoint
 from tests.conftest import tiny_spec, write_images
 
 BLOCK_COLUMNS = ["model", "perturbation", "metric", "block_index", "depth_from_end", "group", "block", "tap",
@@ -99,7 +100,7 @@ def test_same_seed_gives_identical_tables_and_targets_match_the_draws(first_run)
 def test_a_killed_run_resumes_without_losing_or_double_counting(setup, first_run, monkeypatch):
     base, _, reference = first_run
     out = base / "killed"
-    from repro import study
+    from repro.engines.tensorflow import study_graph as study
     original = study.StudyGraph.run_batch
     calls = {"n": 0}
 
@@ -434,7 +435,7 @@ def test_tensorflow_native_log_lines_follow_tf_cpp_min_log_level():
     import sys
     outputs = {}
     for level in ("0", "3"):
-        result = subprocess.run([sys.executable, "-c", "import repro.tfcompat"], cwd=str(zoo.REPO_ROOT),
+        result = subprocess.run([sys.executable, "-c", "import repro.engines.tensorflow.tfcompat"], cwd=str(zoo.REPO_ROOT),
                                 capture_output=True, text=True, timeout=120,
                                 env=dict(os.environ, TF_CPP_MIN_LOG_LEVEL=level))
         assert result.returncode == 0, result.stderr[-2000:]
@@ -488,8 +489,9 @@ def test_blocks_csv_rows_recomputed_independently_from_the_tapped_maps(tmp_path)
 
     from repro import minidata, protocol
     from repro.data import to_model_space
-    from repro.models import model_function
-    from repro.tfcompat import tf
+    from repro.engines.tensorflow import session as tf_session
+    from repro.engines.tensorflow.models import model_function
+    from repro.engines.tensorflow.tfcompat import tf
 
     spec = zoo.get_model("ResNetDenoise", "mini")
     out, adv_dir, count = tmp_path / "out", tmp_path / "adv", 3
@@ -515,7 +517,7 @@ def test_blocks_csv_rows_recomputed_independently_from_the_tapped_maps(tmp_path)
         inputs = tf.placeholder(tf.float32, [None, 3, 32, 32])
         logits = model_function(spec)(inputs)
         session = tf.Session()
-    checkpoints.restore(session, checkpoints.read_checkpoint(cli.checkpoint_path(spec)), spec)
+    tf_session.restore(session, checkpoints.read_checkpoint(cli.checkpoint_path(spec)), spec)
     fetches = {tap: graph.get_tensor_by_name(tap + ":0") for tap in set(blocks.tap)}
     maps = {name: session.run({**fetches, "logits": logits}, {inputs: batch})
             for name, batch in (("clean", clean), ("random", randomised), ("adversarial", adversarial))}

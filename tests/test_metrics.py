@@ -22,8 +22,8 @@ from image_similarity_measures import quality_metrics
 from numpy.lib.stride_tricks import sliding_window_view
 from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
-from repro import metrics
-from repro.tfcompat import tf
+from repro.engines.tensorflow import metrics
+from repro.engines.tensorflow.tfcompat import tf
 
 BLOCK_SIDES = (56, 28, 14, 7)
 FLOAT64_RTOL = 1e-12

@@ -7,10 +7,10 @@ from tensorpack.tfutils.argscope import argscope
 from tensorpack.tfutils.tower import TowerContext
 
 from repro import zoo
-from repro.classifier import Classifier, model_variables
-from repro.models import blocks, model_function, preprocess
-from repro.synthetic import write_synthetic_checkpoint
-from repro.tfcompat import tf
+from repro.engines.tensorflow.classifier_graph import Classifier, model_variables
+from repro.engines.tensorflow.models import blocks, model_function, preprocess
+from repro.engines.tensorflow.synthetic import write_synthetic_checkpoint
+from repro.engines.tensorflow.tfcompat import tf
 from tests.conftest import tiny_spec
 
 

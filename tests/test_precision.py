@@ -8,8 +8,8 @@ import pytest
 
 from repro import cli, engines, evaluate, minidata, zoo
 from repro.data import to_model_space
+from repro.engines.tensorflow.tfcompat import tf
 from repro.protocol import StudyConfig, perturbation_draws, random_targets
-from repro.tfcompat import tf
 
 MINI = ("ResNet", "ResNetDenoise", "ResNeXtDenoiseAll")
 EPSILON_MODEL = 16 * 2.0 / 255
@@ -90,8 +90,10 @@ def test_a_positive_loss_scale_leaves_the_attack_as_it_is():
     """A power-of-two scale is exact in float32, so the scaled attack must be the unscaled one bit for bit."""
     from tensorpack.tfutils.tower import TowerContext
 
-    from repro import attacks, checkpoints
-    from repro.models import model_function
+    from repro import checkpoints
+    from repro.engines.tensorflow import attacks
+    from repro.engines.tensorflow import session as tf_session
+    from repro.engines.tensorflow.models import model_function
     spec, checkpoint = mini("ResNet")
     _, _, clean, start, targets = attack_inputs()
     graph = tf.Graph()
@@ -101,7 +103,7 @@ def test_a_positive_loss_scale_leaves_the_attack_as_it_is():
         runs = [attacks.pgd_targeted(model, image, tf.constant(start), tf.constant(targets), 16.0, 1.0, 3,
                                      loss_scale=scale) for scale in (None, engines.FP16_LOSS_SCALE)]
         with tf.Session() as session:
-            checkpoints.restore(session, checkpoints.read_checkpoint(checkpoint), spec)
+            tf_session.restore(session, checkpoints.read_checkpoint(checkpoint), spec)
             unscaled, scaled = session.run(runs)
     np.testing.assert_array_equal(unscaled, scaled)
     assert not np.array_equal(unscaled, np.clip(start, clean - EPSILON_MODEL, clean + EPSILON_MODEL))
@@ -109,8 +111,8 @@ def test_a_positive_loss_scale_leaves_the_attack_as_it_is():
 
 def test_fp16_attack_graph_is_float16_with_a_scaled_loss_on_the_same_variables():
     """Built (not run: the CPU has no float16 NCHW convolution) for both graphs that attack."""
-    from repro.engines.tensorflow import AttackGraph
-    from repro.study import StudyGraph
+    from repro.engines.tensorflow.attack_graph import AttackGraph
+    from repro.engines.tensorflow.study_graph import StudyGraph
     spec, checkpoint = mini("ResNeXtDenoiseAll")
     reference = StudyGraph(spec, checkpoint, StudyConfig(attack_iterations=1, metrics=("mse",)))
     study = StudyGraph(spec, checkpoint, StudyConfig(attack_iterations=1, metrics=("mse",)), precision="fp16")

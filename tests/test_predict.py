@@ -5,9 +5,9 @@ import pytest
 
 from repro import predict
 from repro.classes import class_name
-from repro.classifier import Classifier
 from repro.data import load_image_naive
-from repro.synthetic import write_synthetic_checkpoint
+from repro.engines.tensorflow.classifier_graph import Classifier
+from repro.engines.tensorflow.synthetic import write_synthetic_checkpoint
 from tests.conftest import tiny_spec, write_images
 
 

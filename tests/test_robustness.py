@@ -6,11 +6,11 @@ import pytest
 from scipy.stats import binomtest
 
 from repro import minidata
-from repro.classifier import Classifier
-from repro.robustness import RobustnessEvaluator, evaluate_robustness, rate, summarise
+from repro.engines.tensorflow.classifier_graph import Classifier
+from repro.engines.tensorflow.study_graph import StudyGraph
+from repro.engines.tensorflow.synthetic import write_synthetic_checkpoint
 from repro.protocol import StudyConfig
-from repro.study import StudyGraph
-from repro.synthetic import write_synthetic_checkpoint
+from repro.robustness import RobustnessEvaluator, evaluate_robustness, rate, summarise
 from tests.conftest import tiny_spec
 
 SEED = 5

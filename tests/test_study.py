@@ -1,21 +1,23 @@
-"""One batch of the study (`repro.study.StudyGraph`) on a tiny network: every (perturbation, metric,
-block) value against `repro.metrics.per_channel` on the tap tensors, the taps and predictions against
-an independent forward pass and `repro.classifier.Classifier`, determinism and batch independence,
+"""One batch of the study (`repro.engines.tensorflow.study_graph.StudyGraph`) on a tiny network: every (perturbation, metric,
+block) value against `repro.engines.tensorflow.metrics.per_channel` on the tap tensors, the taps and predictions against
+an independent forward pass and `repro.engines.tensorflow.classifier_graph.Classifier`, determinism and batch independence,
 and the chunked attack against one uninterrupted run; (slow) one full-size ResNet-152 batch."""
 import dataclasses
 
 import numpy as np
 import pytest
 
-from repro import checkpoints, metrics, protocol, zoo
-from repro.classifier import Classifier
+from repro import checkpoints, protocol, zoo
 from repro.data import to_model_space
-from repro.models import IMAGE_SCALE, model_function
+from repro.engines.tensorflow import metrics
+from repro.engines.tensorflow import session as tf_session
+from repro.engines.tensorflow.classifier_graph import Classifier
+from repro.engines.tensorflow.models import IMAGE_SCALE, model_function
+from repro.engines.tensorflow.study_graph import StudyGraph
+from repro.engines.tensorflow.synthetic import synthetic_checkpoint
+from repro.engines.tensorflow.taps import block_taps
+from repro.engines.tensorflow.tfcompat import tf
 from repro.protocol import PERTURBATIONS, StudyConfig
-from repro.study import StudyGraph
-from repro.synthetic import synthetic_checkpoint
-from repro.taps import block_taps
-from repro.tfcompat import tf
 from tests.conftest import tiny_spec
 
 EPSILON_MODEL = np.float32(16 * IMAGE_SCALE)
@@ -115,7 +117,7 @@ class Forward:
             self.logits = model_function(spec)(self.images)
             self.taps = {t.block_index: self.graph.get_tensor_by_name(t.tensor) for t in block_taps(self.graph)}
             self.session = tf.Session()
-        checkpoints.restore(self.session, checkpoint, spec)
+        tf_session.restore(self.session, checkpoint, spec)
 
     def __call__(self, images):
         return self.session.run((self.logits, self.taps), {self.images: images})

@@ -5,9 +5,10 @@ import pytest
 from tensorpack.tfutils.tower import TowerContext
 
 from repro import zoo
-from repro.models import model_function
-from repro.taps import TAPS, block_table, block_taps
-from repro.tfcompat import tf
+from repro.engines.tensorflow.models import model_function
+from repro.engines.tensorflow.taps import block_taps
+from repro.engines.tensorflow.tfcompat import tf
+from repro.taps import TAPS, block_table
 from tests.conftest import tiny_spec
 
 

@@ -13,8 +13,8 @@ import pytest
 from repro import checkpoints, cli, engines, evaluate, minidata, protocol, zoo
 from repro.checkpoints import CheckpointError
 from repro.data import to_model_space
+from repro.engines.tensorflow.synthetic import synthetic_checkpoint
 from repro.protocol import StudyConfig
-from repro.synthetic import synthetic_checkpoint
 from tests.conftest import tiny_spec
 
 if os.environ.get("REPRO_REQUIRE_TORCH"):
@@ -22,8 +22,8 @@ if os.environ.get("REPRO_REQUIRE_TORCH"):
 else:
     torch = pytest.importorskip("torch", reason="PyTorch is not installed (pip install -r requirements-torch.txt)")
 
-from repro.torch import models as torch_models  # noqa: E402
-from repro.torch import metrics as torch_metrics  # noqa: E402
+from repro.engines.torch import models as torch_models  # noqa: E402
+from repro.engines.torch import metrics as torch_metrics  # noqa: E402
 
 FAMILIES = [("resnet", (1, 2, 1, 1)), ("resnet_denoise", (1, 1, 1, 1)), ("resnext_denoise_all", (1, 1, 1, 1))]
 MINI = [name for name, spec in zoo.MINI.items() if cli.checkpoint_path(spec).is_file()]
@@ -47,7 +47,7 @@ def assert_forward_parity(spec, checkpoint, images, rtol=RTOL, atol=ATOL, agains
     float32 layers put round-off of 1e-5 of a map's scale on elements near zero) within rtol of the map's
     largest magnitude instead, and each engine no farther than the other (×1.5) from the same network
     evaluated in float64: the two differ by round-off, not by a formula."""
-    from repro.study import StudyGraph
+    from repro.engines.tensorflow.study_graph import StudyGraph
     from repro.taps import taps_for
     names = sorted({t.name for kind in protocol.TAPS for t in taps_for(spec, kind)})
     graph = StudyGraph(spec, checkpoint, StudyConfig(attack_iterations=0, metrics=("mse",)))
@@ -133,7 +133,7 @@ def test_strict_loading_errors_are_the_tensorflow_engines(tmp_path):
 
 
 def test_the_taps_read_off_the_zoo_equal_the_tensorflow_graphs():
-    from repro.study import StudyGraph
+    from repro.engines.tensorflow.study_graph import StudyGraph
     from repro.taps import taps_for
     for family, blocks in FAMILIES:
         spec, checkpoint = tiny(family, blocks)
@@ -190,7 +190,7 @@ def test_one_pgd_step_takes_the_same_signs():
 @pytest.mark.parametrize("data_range", [2.0, "reference"])
 def test_metrics_equal_repro_metrics_per_channel(size, data_range):
     """Every metric on random maps with degenerate channels (zero, constant, identical, negative mean)."""
-    from repro import metrics
+    from repro.engines.tensorflow import metrics
     rng = np.random.default_rng(size)
     reference = np.maximum(rng.normal(0.3, 1.0, (3, 6, size, size)), 0)
     perturbed = reference + rng.normal(0, 0.2, reference.shape)
@@ -313,7 +313,7 @@ def test_torch_engine_runs_where_only_pytorch_is_installed(tmp_path):
 def test_synthetic_checkpoints_without_tensorflow_are_calibrated():
     """BatchNorm statistics from a PyTorch pass: on its calibration images every BN output is standardised
     (mean 0, variance 1 before γ, β), as after the TensorFlow engine's training-mode calibration."""
-    from repro.torch.synthetic import calibration_images, synthetic_checkpoint as torch_synthetic
+    from repro.engines.torch.synthetic import calibration_images, synthetic_checkpoint as torch_synthetic
     spec = tiny_spec("resnext_denoise_all", name="TinyX")
     arrays = torch_synthetic(spec, seed=4)
     assert {k for k, _ in torch_models.build(spec).variables()} == set(arrays)

@@ -12,10 +12,10 @@ import pytest
 from scipy.stats import binomtest
 
 from repro import cli, minidata, zoo
-from repro.classifier import Classifier, model_variables
-from repro.models import IMAGE_SCALE
+from repro.engines.tensorflow.classifier_graph import Classifier, model_variables
+from repro.engines.tensorflow.models import IMAGE_SCALE
+from repro.engines.tensorflow.tfcompat import tf
 from repro.robustness import RobustnessEvaluator
-from repro.tfcompat import tf
 from tests.conftest import tiny_spec
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
@@ -182,7 +182,7 @@ def test_committed_checkpoint_reproduces_its_model_cards_clean_accuracy(name):
     evaluation = card["evaluation"]
     images, labels = minidata.load_split("test")
     images, labels = images[:evaluation["n"]], labels[:evaluation["n"]]
-    # Restored strictly (repro.checkpoints.restore with the spec); the clean forward pass is the
+    # Restored strictly (repro.engines.tensorflow.session.restore with the spec); the clean forward pass is the
     # Classifier's ops and session options.
     evaluator = RobustnessEvaluator(spec, checkpoint)
     try:

@@ -92,7 +92,7 @@ def test_a_damaged_checkpoint_fails_with_a_non_zero_exit(tmp_path, capsys):
 
 @needs_mini
 def test_an_interrupted_validation_continues_where_it_stopped(tmp_path, monkeypatch):
-    from repro import classifier
+    from repro.engines.tensorflow import classifier_graph as classifier
     original, calls = classifier.Classifier.predict_logits, {"n": 0}
 
     def dies_on_third_batch(self, *args, **kwargs):

@@ -1,18 +1,32 @@
-"""The engines that compute the study: TensorFlow (the reference, tensorpack graphs) and PyTorch.
+"""The engines that compute the study: TensorFlow (`repro.engines.tensorflow`, the reference: tensorpack graphs)
+and PyTorch (`repro.engines.torch`). Each lives in its own package, the only place that imports its framework.
 
-Everything else — zoo, checkpoint checks, data, draws, the batch flow (`repro.protocol.StudyFlow`), work
-directory, tables, figures — is shared; an engine only builds the model and computes, for one batch, the
-attack, the tapped forward pass with the metrics, and clean logits. Each answers the same small interface:
+Everything else — zoo, checkpoint reading and checks, data, draws, the batch flow (`repro.protocol.StudyFlow`),
+work directory, tables, figures, the scheduler, the commands — is the engine-neutral core, which reaches an
+engine only through this registry (`load`), so ``--engine torch`` never imports TensorFlow and the other way round
+(``tests/test_engines.py`` walks the package's source to check it). An engine only builds the model and computes,
+for one batch, the attack, the tapped forward pass with the metrics, and clean logits.
 
-- ``study(spec, checkpoint, config, precision, device)`` → an object with ``taps``, ``checkpoint``,
-  ``run_batch``, ``clean_logits_of``, ``close`` (a `repro.protocol.StudyFlow`);
-- ``classifier(spec, checkpoint, device)`` → ``predict_logits(images_bgr, batch_size)``, ``close``;
+What an engine's package provides (its ``__init__`` is this face, nothing else):
+- ``PRECISIONS`` (those of `PRECISIONS` it runs) and ``precision_unavailable(precision)`` → why this machine
+  cannot run it, or None;
+- ``study(spec, checkpoint, config, precision, device)`` → an object with ``taps``, ``checkpoint``, ``run_batch``,
+  ``clean_logits_of``, ``close``: a `repro.protocol.StudyFlow` subclass providing ``attack_steps``, ``measure``
+  and ``clean_logits`` (see there);
+- ``classifier(spec, checkpoint, device)`` → ``predict_logits(images_bgr, batch_size)``, ``features(images_bgr,
+  names)``, ``close``;
 - ``attack_model(spec, checkpoint, precision, device)`` → ``clean_predictions(images_bgr)``,
-  ``adversarial_predictions(clean, start, targets, steps, epsilon, step_size)``, ``close``
-  (for `repro.robustness`);
-- ``PRECISIONS``, and ``precision_unavailable(precision)`` → why this machine cannot run it, or None.
+  ``adversarial_predictions(clean, start, targets, steps, epsilon, step_size)``, ``close`` (for `repro.robustness`);
+- ``per_channel(metric, reference, perturbed, **options)``: one metric on (N, C, H, W) arrays → (N, C) float64;
+- ``describe(device)`` → what the manifest records (framework and version, device, TF32);
+- optionally ``load_model(...)``: the framework's own model object (torch: an ``nn.Module``).
+``checkpoint`` is a path or a `repro.checkpoints.Checkpoint` (already read and checked); ``spec`` a `repro.zoo`
+entry. Restoring must be strict: `repro.checkpoints.check_variables` with the model's (name, shape) list.
 
-An engine's modules are imported only when it is asked for, so ``--engine torch`` never imports TensorFlow.
+Adding an engine: a package ``repro/engines/<name>/`` with that face, its name in `ENGINES` and `_MODULES` below
+(and what to install in `load`'s message), and the parity tests of ``tests/test_torch.py`` run against it:
+the same variables as the checkpoint manifest, logits and taps, one PGD step, the metrics and a miniature study
+equal to the TensorFlow engine's within their tolerances.
 """
 import importlib
 
@@ -39,7 +53,7 @@ def loss_scale(precision):
     return FP16_LOSS_SCALE if precision == "fp16" else None
 
 
-_MODULES = {"tensorflow": "repro.engines.tensorflow", "torch": "repro.torch.engine"}
+_MODULES = {"tensorflow": "repro.engines.tensorflow", "torch": "repro.engines.torch"}
 
 
 class EngineUnavailable(RuntimeError):

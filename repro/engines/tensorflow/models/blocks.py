@@ -6,7 +6,7 @@ session, no file I/O.
 """
 import math
 
-from repro.tfcompat import tf  # before tensorpack: TensorFlow's environment and native-log filter
+from repro.engines.tensorflow.tfcompat import tf  # before tensorpack: TensorFlow's environment and native-log filter
 from tensorpack.models import BatchNorm, BNReLU, Conv2D, FullyConnected, GlobalAvgPooling, MaxPooling
 from tensorpack.tfutils.argscope import argscope
 

@@ -45,7 +45,7 @@ from repro.package_metrics import package_metric_loop
 from repro.protocol import (DEFAULT_METRICS, METRIC_NAMES, PAPER_METRICS, SLOW_METRICS,  # noqa: F401
                             SSIM_K1, SSIM_K2, UIQ_FLAT_WINDOW_TOLERANCE, ssim_window_size,
                             uiq_window_size)
-from repro.tfcompat import tf
+from repro.engines.tensorflow.tfcompat import tf
 
 _GRAPH_CACHE_SIZE = 16
 

@@ -1,11 +1,11 @@
 """The three networks of the study, each a few lines composing the shared blocks.
 
 Every builder maps an NCHW image in [-1, 1] to logits and must be called inside a tensorpack
-TowerContext (``repro.models.build_logits`` sets one up in inference mode).
+TowerContext (``repro.engines.tensorflow.models.build_logits`` sets one up in inference mode).
 """
 import functools
 
-from repro.models.blocks import backbone, bottleneck, denoising_block, residual_group
+from repro.engines.tensorflow.models.blocks import backbone, bottleneck, denoising_block, residual_group
 
 
 def resnet(image, arch):

@@ -5,8 +5,12 @@ random start, the random perturbation) is drawn per image from the run's seed an
 (`repro.protocol.perturbation_draws`), so an image gets the same target and noise whatever batch or shard
 it is in — which is what lets a killed or sharded run resume without changing any result.
 """
-from repro.models import IMAGE_SCALE
-from repro.tfcompat import tf
+from repro.engines import loss_scale
+from repro.engines.tensorflow.models import IMAGE_SCALE, model_function
+from repro.engines.tensorflow.tfcompat import tf
+
+COMPUTE_DTYPES = {"bf16": tf.bfloat16, "fp16": tf.float16}
+"""The attack's model in these dtypes; float32 and tf32 build the float32 graph (TF32 is switched at run time)."""
 
 
 def epsilon_ball(image, epsilon_pixels):
@@ -50,3 +54,13 @@ def pgd_targeted(model_fn, image, adversarial_start, target, epsilon_pixels, ste
         final = tf.while_loop(lambda _: True, one_step, [adversarial_start], back_prop=False,
                               maximum_iterations=iterations, parallel_iterations=1)
     return tf.clip_by_value(final, low, high)
+
+
+def attack_in_graph(spec, precision, image, start, target, epsilon_pixels, step_size_pixels, iterations):
+    """Targeted PGD (`pgd_targeted`, SPEC §3) on ``spec``'s network in ``precision``'s arithmetic:
+    the model in bfloat16 or float16 on the same float32 variables (`repro.engines.tensorflow.models.model_function`), the
+    cross-entropy on float32 logits, float16's loss scaled (`repro.engines.FP16_LOSS_SCALE`). Like the original
+    code's half-precision attack, for speed on GPUs; build it inside the graph's inference TowerContext."""
+    model = model_function(spec, compute_dtype=COMPUTE_DTYPES.get(precision))
+    return pgd_targeted(model, image, start, target, epsilon_pixels, step_size_pixels, iterations,
+                                loss_scale=loss_scale(precision))

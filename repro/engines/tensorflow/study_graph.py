@@ -5,20 +5,20 @@ One graph per model holds
   its ops carry the checkpoints' names (``groupG/blockB/block_output``), with every metric computed in
   the graph for (clean, random) and (clean, adversarial) — only (N, C) arrays leave the session, from
   one session run per batch;
-- the targeted PGD attack (`repro.engines.tensorflow.attack_in_graph`, in ``--precision``'s arithmetic) in its
+- the targeted PGD attack (`repro.engines.tensorflow.attacks.attack_in_graph`, in ``--precision``'s arithmetic) in its
   own name scope, sharing the variables, run in chunks of steps so that progress can be shown.
 The batch's flow around these graphs (draws, chunking, timings) is the engine-neutral `StudyFlow`.
 """
-from repro.tfcompat import tf  # before tensorpack: TensorFlow's environment and native-log filter
+from repro.engines.tensorflow.tfcompat import tf  # before tensorpack: TensorFlow's environment and native-log filter
 from tensorpack.tfutils.tower import TowerContext
 
-from repro import attacks, checkpoints, metrics as metric_ops_module
+from repro import checkpoints
+from repro.engines.tensorflow import attacks, metrics as metric_ops_module
+from repro.engines.tensorflow.attacks import attack_in_graph
+from repro.engines.tensorflow.models import model_function
+from repro.engines.tensorflow.session import PrecisionMixin, restore, session_config
+from repro.engines.tensorflow.taps import block_taps
 from repro.protocol import PERTURBATIONS, StudyConfig, StudyFlow
-from repro.classifier import session_config
-from repro.engines.tensorflow import PrecisionMixin, attack_in_graph
-from repro.models import model_function
-from repro.taps import block_taps
-
 
 
 class StudyGraph(StudyFlow, PrecisionMixin):
@@ -42,7 +42,7 @@ class StudyGraph(StudyFlow, PrecisionMixin):
             self.session = tf.Session(config=session_config())
         self.checkpoint = checkpoint if isinstance(checkpoint, checkpoints.Checkpoint) \
             else checkpoints.read_checkpoint(checkpoint)
-        checkpoints.restore(self.session, self.checkpoint, spec)
+        restore(self.session, self.checkpoint, spec)
         self.graph.finalize()
 
     def _build(self, model, config):

@@ -1,10 +1,10 @@
 """Model definitions (tensorpack, NCHW) and the graph entry points used by every pipeline."""
 import contextlib
 
-from repro.tfcompat import tf  # before tensorpack: TensorFlow's environment and native-log filter
+from repro.engines.tensorflow.tfcompat import tf  # before tensorpack: TensorFlow's environment and native-log filter
 from tensorpack.tfutils.tower import TowerContext, get_current_tower_context
 
-from repro.models.nets import BUILDERS
+from repro.engines.tensorflow.models.nets import BUILDERS
 
 IMAGE_SCALE = 2.0 / 255
 """Pixels (BGR, 0..255) map to the model's input space by x · 2/255 − 1 (SPEC §2)."""

@@ -14,10 +14,10 @@ import torch.nn.functional as F
 
 from repro import checkpoints
 from repro.engines import loss_scale
+from repro.engines.torch import metrics as torch_metrics
+from repro.engines.torch.models import build, restore
 from repro.protocol import PERTURBATIONS, StudyFlow
 from repro.taps import taps_for
-from repro.torch import metrics as torch_metrics
-from repro.torch.models import build, restore
 
 PRECISIONS = ("float32", "tf32", "bf16", "fp16")
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -83,7 +83,7 @@ class RestoredNet:
 
     def pgd(self, clean, adversarial, targets, steps, epsilon_pixels, step_pixels):
         """``steps`` targeted PGD steps (SPEC §3) from ``adversarial``; tensors in, tensor out. As
-        `repro.attacks.pgd_targeted`: the gradient of the summed cross-entropy to the targets w.r.t. the
+        `repro.engines.tensorflow.attacks.pgd_targeted`: the gradient of the summed cross-entropy to the targets w.r.t. the
         input, adv ← clip(adv − α·sign(∇), lo, hi), lo/hi = clip(x ∓ ε, −1, 1); the start is projected only
         after the first step, and the result once more at the end (so 0 steps give the projected start). In
         float16 the loss is scaled first (`repro.engines.FP16_LOSS_SCALE`), which leaves the signs as they are."""
@@ -162,7 +162,7 @@ class TorchClassifier(RestoredNet):
         return np.concatenate(outputs).astype(np.float32)
 
     def features(self, images_bgr, names, batch_size=16):
-        """{tap name: (N, C, H, W) float32} of the named taps (as `repro.classifier.Classifier.features`)."""
+        """{tap name: (N, C, H, W) float32} of the named taps (as `repro.engines.tensorflow.classifier_graph.Classifier.features`)."""
         from repro.data import to_model_space
         from repro.taps import taps_for
         known = {t.name for kind in ("block_output", "denoised") for t in taps_for(self.spec, kind)}

@@ -4,8 +4,9 @@ import logging
 import numpy as np
 
 from repro import checkpoints
-from repro.models import model_function, preprocess
-from repro.tfcompat import tf
+from repro.engines.tensorflow.models import model_function, preprocess
+from repro.engines.tensorflow.session import restore, session_config
+from repro.engines.tensorflow.tfcompat import tf
 
 log = logging.getLogger(__name__)
 
@@ -17,28 +18,6 @@ def model_variables(spec):
         size = spec.arch.input_size
         model_function(spec)(tf.zeros([1, 3, size, size]))
         return [(variable.name, variable.shape.as_list()) for variable in tf.global_variables()]
-
-
-def session_config():
-    """Session options for every graph of the project.
-
-    Grappler's remapper fuses ops (e.g. convolution + BatchNorm + ReLU) into kernels that, with the
-    oneDNN NCHW path this CPU build needs, made the forward pass much slower: ResNet-50 on 6 images took
-    30.5 s with it and 2.4 s without, logits equal to 6e-7 (measured side by side in one process on a
-    loaded 2-core machine, 2026-11-26). It changes no result beyond float round-off, so it is off.
-
-    ``$REPRO_THREADS``, when set, fixes the intra- and inter-op thread pools (``evaluate.py --workers``
-    gives each of its processes its share of the cores).
-    """
-    import os
-
-    from tensorflow.core.protobuf import rewriter_config_pb2
-    config = tf.ConfigProto(allow_soft_placement=True)
-    config.graph_options.rewrite_options.remapping = rewriter_config_pb2.RewriterConfig.OFF
-    threads = os.environ.get("REPRO_THREADS")
-    if threads:
-        config.intra_op_parallelism_threads = config.inter_op_parallelism_threads = int(threads)
-    return config
 
 
 class Classifier:
@@ -55,7 +34,7 @@ class Classifier:
             self.images = tf.placeholder(tf.float32, [None, size, size, 3], name="images_bgr")
             self.logits = model_function(spec)(preprocess(self.images))
             self.session = tf.Session(config=session_config())
-        checkpoints.restore(self.session, checkpoint, spec)
+        restore(self.session, checkpoint, spec)
 
     def predict_logits(self, images_bgr, batch_size=16):
         """Logits (float32, N × classes) for BGR uint8 images of the model's input size."""

@@ -10,7 +10,7 @@ does implicitly is done explicitly here, because it changes numbers:
   and 1 with −∞;
 - BatchNorm in inference mode uses the checkpoint's ``mean/EMA`` and ``variance/EMA`` with ε = 1e-5
   (SPEC §1);
-- the non-local blocks evaluate their products in the same order as `repro.models.blocks`.
+- the non-local blocks evaluate their products in the same order as `repro.engines.tensorflow.models.blocks`.
 Convolution weights are stored in PyTorch's (out, in/groups, kh, kw) layout; the loader converts from
 tensorpack's (kh, kw, in/groups, out).
 """
@@ -85,7 +85,7 @@ def max_pool_same(x, kernel=3, stride=2):
 
 
 class Bottleneck(nn.Module):
-    """The residual bottleneck of `repro.models.blocks.bottleneck` (stride on the 3×3; ResNeXt groups),
+    """The residual bottleneck of `repro.engines.tensorflow.models.blocks.bottleneck` (stride on the 3×3; ResNeXt groups),
     followed (ResNeXtDenoiseAll) by its ``non_local`` denoising block, which `ZooNet` applies."""
 
     def __init__(self, channels_in, channels, stride, groups=1, width_per_group=64, denoise=False):
@@ -104,7 +104,7 @@ class Bottleneck(nn.Module):
 
 
 class Denoising(nn.Module):
-    """y = x + BN(conv1×1(nonlocal(x))), Feature Denoising Sec. 4; see `repro.models.blocks.non_local_means`."""
+    """y = x + BN(conv1×1(nonlocal(x))), Feature Denoising Sec. 4; see `repro.engines.tensorflow.models.blocks.non_local_means`."""
 
     def __init__(self, channels, embed, softmax):
         super().__init__()

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 
 from repro import checkpoints
-from repro.torch.models import BatchNorm, build, restore, tensorpack_name
+from repro.engines.torch.models import BatchNorm, build, restore, tensorpack_name
 
 
 def calibration_images(spec, count=4, seed=0):

@@ -8,13 +8,15 @@ normalises with its batch statistics) on random images, whose batch statistics t
 normalised activations, as in a trained network.
 """
 import numpy as np
-from repro.tfcompat import tf  # before tensorpack: TensorFlow's environment and native-log filter
+
+from repro.engines.tensorflow.tfcompat import tf  # before tensorpack: TensorFlow's environment and native-log filter
 from tensorpack.models import BatchNorm
 from tensorpack.tfutils.argscope import argscope
 
 from repro import checkpoints
-from repro.classifier import model_variables
-from repro.models import model_function
+from repro.engines.tensorflow.classifier_graph import model_variables
+from repro.engines.tensorflow.models import model_function
+from repro.engines.tensorflow.session import restore
 
 
 def synthetic_checkpoint(spec, seed=0, calibration_images=4, **gains):
@@ -32,7 +34,7 @@ def synthetic_checkpoint(spec, seed=0, calibration_images=4, **gains):
         updates = tf.get_collection(tf.GraphKeys.UPDATE_OPS)
         variables = tf.global_variables()
         with tf.Session() as session:
-            checkpoints.restore(session, checkpoints.Checkpoint(None, "", arrays), variables=variables)
+            restore(session, checkpoints.Checkpoint(None, "", arrays), variables=variables)
             session.run(updates)
             values = session.run(variables)
     return {checkpoints.variable_key(v.name): value.astype(np.float32) for v, value in zip(variables, values)}

@@ -1,10 +1,10 @@
-"""The per-channel metrics of `repro.metrics` as PyTorch ops on the device, in float64.
+"""The per-channel metrics of `repro.engines.tensorflow.metrics` as PyTorch ops on the device, in float64.
 
 Same formulas, options and degenerate-case rules as the TensorFlow kernels (which hold the docstrings and
 references): two (N, C, H, W) maps in, (N, C) float64 out, shared subexpressions computed once; SSIM and
 UIQ window means by banded averaging matrices (L_H · X · L_Wᵀ, fast on GPUs; the TensorFlow kernels use
 XLA-compiled average pools, which sum in another order: the two agree to round-off). Tested against
-`repro.metrics.per_channel` (tests/test_torch.py).
+`repro.engines.tensorflow.metrics.per_channel` (tests/test_torch.py).
 """
 import math
 
@@ -182,7 +182,7 @@ OPTIONS = {"ssim": ("data_range", "win_size"), "psnr": ("data_range",), "uiq": (
 
 
 def metric_values(reference, perturbed, metrics, **options):
-    """{metric: (N, C) float64 tensor} for two (N, C, H, W) maps; options as `repro.metrics.metric_ops`."""
+    """{metric: (N, C) float64 tensor} for two (N, C, H, W) maps; options as `repro.engines.tensorflow.metrics.metric_ops`."""
     pair = ChannelPair(reference, perturbed)
     return {name: KERNELS[name](pair, **{k: v for k, v in options.items() if k in OPTIONS.get(name, ())})
             for name in metrics}

@@ -1,0 +1,57 @@
+"""The TensorFlow engine (the reference): tensorpack graphs in TF1 graph mode.
+
+Its face is the interface `repro.engines` documents; the pieces behind it:
+- ``tfcompat``: TensorFlow in graph mode (import it before tensorpack), its native logs filtered;
+- ``models/``: the tensorpack blocks and the three networks (the variable names are the checkpoint format);
+- ``session``: session options, TF32, the strict restore of a checkpoint into a graph;
+- ``attacks``: targeted PGD and random noise as graph ops, the attack's model in ``--precision``'s dtype;
+- ``taps``: the block outputs of a built graph, by op name;
+- ``metrics``: the per-channel metrics as XLA-compiled graph functions;
+- ``study_graph`` (`StudyGraph`), ``classifier_graph`` (`Classifier`), ``attack_graph`` (`AttackGraph`): one graph and session
+  each;
+- ``synthetic``: synthetic checkpoints with the real names and shapes, BatchNorm statistics calibrated in a graph.
+"""
+from repro.engines.tensorflow.tfcompat import tf as _tf  # first: TensorFlow's environment and native-log filter
+
+PRECISIONS = ("float32", "tf32", "bf16", "fp16")
+
+
+def precision_unavailable(precision):
+    """The CPU build runs bfloat16 NCHW convolutions (grouped ones too), but float16 ones only on AVX-512
+    machines and then only NHWC: float16 needs a GPU."""
+    if precision == "fp16" and not _tf.config.list_physical_devices("GPU"):
+        return ("--precision fp16 needs a GPU (TensorFlow has no float16 convolution on CPU); use bf16 or "
+                "float32")
+    return None
+
+
+def study(spec, checkpoint, config, precision="float32", device=None):
+    from repro.engines.tensorflow.session import set_tf32
+    from repro.engines.tensorflow.study_graph import StudyGraph
+    set_tf32(False)
+    return StudyGraph(spec, checkpoint, config, precision=precision)
+
+
+def classifier(spec, checkpoint, device=None):
+    from repro.engines.tensorflow.classifier_graph import Classifier
+    from repro.engines.tensorflow.session import set_tf32
+    set_tf32(False)
+    return Classifier(spec, checkpoint)
+
+
+def attack_model(spec, checkpoint, precision="float32", device=None):
+    from repro.engines.tensorflow.attack_graph import AttackGraph
+    return AttackGraph(spec, checkpoint, precision)
+
+
+def per_channel(metric, reference, perturbed, **options):
+    from repro.engines.tensorflow.metrics import per_channel as graph_per_channel
+    return graph_per_channel(metric, reference, perturbed, **options)
+
+
+def describe(device=None):
+    import tensorflow
+    gpus = [gpu.name for gpu in _tf.config.list_physical_devices("GPU")]
+    return {"framework": "tensorflow " + tensorflow.__version__,
+            "device": ", ".join(gpus) if gpus else "cpu",
+            "tf32": bool(_tf.config.experimental.tensor_float_32_execution_enabled())}
