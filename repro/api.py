@@ -3,6 +3,8 @@
 Each function goes through the same code as its command (`repro.evaluate`, `repro.validation`): keyword
 settings become the command's options, so a table from the API equals the command's for the same settings.
 """
+import numbers
+import os
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Dict, List, Optional, Sequence, Union
 
@@ -38,6 +40,8 @@ class Model:
                                               device=device)
 
     def _images(self, images: ImagesLike) -> np.ndarray:
+        if isinstance(images, (str, os.PathLike)):
+            images = [images]                    # one path, not a sequence of one-character paths
         if isinstance(images, np.ndarray):
             size = self.spec.arch.input_size
             if images.ndim != 4 or images.shape[1:] != (size, size, 3) or images.dtype != np.uint8:
@@ -48,9 +52,17 @@ class Model:
         return np.stack([load_image_naive(path, self.spec.arch.input_size) for path in images])
 
     def predict(self, images: ImagesLike, top_k: int = 5) -> Prediction:
-        """Top-``top_k`` classes with their softmax probabilities, and the logits."""
-        from repro.predict import class_names, softmax
-        logits = self._classifier.predict_logits(self._images(images))
+        """Top-``top_k`` classes with their softmax probabilities, and the logits. Non-finite logits raise
+        `repro.cli.RunFailed` naming the images (as the ``predict`` command does)."""
+        from repro.predict import check_finite_logits, class_names, softmax
+        classes = self.spec.arch.num_classes
+        if isinstance(top_k, bool) or not isinstance(top_k, numbers.Integral) or not 1 <= top_k <= classes:
+            raise ValueError("top_k must be an integer from 1 to {} (the model's classes), got {!r}".format(
+                classes, top_k))
+        pixels = self._images(images)
+        names = [images] if isinstance(images, (str, os.PathLike)) else (
+            ["image {}".format(i) for i in range(len(pixels))] if isinstance(images, np.ndarray) else list(images))
+        logits = check_finite_logits(self.spec, self._classifier.predict_logits(pixels), names)
         probabilities = softmax(logits.astype(np.float64))
         top = np.argsort(-probabilities, axis=1, kind="stable")[:, :top_k]
         names = class_names(self.spec)
@@ -99,8 +111,8 @@ def run_study(models: Union[str, Sequence[str]], data: Optional[str] = None, zoo
     ``attack_iter=10, metrics="paper", load=[...], engine="torch", workers=2``."""
     from repro import evaluate
     models = [models] if isinstance(models, str) else list(models)
-    argv = ["--model", *models, "--zoo", zoo, "--images", str(images), "--out", str(out)] + _options(
-        dict(settings, data=data))
+    argv = ["--model", *map(str, models), "--zoo", _zoo_name(zoo), "--images", str(images), "--out", str(out)] + \
+        _options(dict(settings, data=data))
     return _checked(evaluate.study, argv)
 
 
@@ -110,14 +122,21 @@ def validate(model: Union[str, Sequence[str]], zoo: str = "imagenet", data: Opti
     quantity, with the 95% interval and the verdict)."""
     from repro import validation
     models = [model] if isinstance(model, str) else list(model)
-    argv = ["--model", *models, "--zoo", zoo, "--attack-iter", str(attack_iter), "--out", str(out)] + _options(
-        dict(settings, data=data))
+    argv = ["--model", *map(str, models), "--zoo", _zoo_name(zoo), "--attack-iter", str(attack_iter), "--out",
+            str(out)] + _options(dict(settings, data=data))
     return _checked(validation.validation_table, argv)
 
 
+def _zoo_name(zoo):
+    """``zoo`` if it names a zoo, else the error `repro.zoo.get_model` gives (not a TypeError on None)."""
+    if zoo not in zoo_module.ZOOS:
+        raise zoo_module.UnknownModelError("unknown zoo {!r}: choose one of {}".format(zoo, ", ".join(zoo_module.ZOOS)))
+    return zoo
+
+
 def _checked(function, argv):
-    """Run ``function(argv)``; argparse's exit on bad options becomes a ValueError (an API does not exit)."""
-    try:
+    """Run ``function(argv)`` with argparse's errors raised as `repro.cli.UsageError` (a ValueError carrying
+    argparse's message: an API neither exits nor leaves the reason on stderr only)."""
+    from repro import cli
+    with cli.usage_errors_raised():
         return function(argv)
-    except SystemExit as error:
-        raise ValueError("invalid settings {}: {}".format(" ".join(argv), error)) from None

@@ -1,6 +1,8 @@
 """Shared pieces of the command-line entry points: logging, one-line errors, checkpoint lookup, option
 types and output checks. Imports no engine, so that ``--help`` and bad arguments answer at once."""
 import argparse
+import contextlib
+import contextvars
 import errno
 import logging
 import math
@@ -15,6 +17,28 @@ class UsageError(ValueError):
 
 class RunFailed(RuntimeError):
     """A run failed for a reason its message states in full (e.g. a worker process); exit status 1."""
+
+
+_RAISE_USAGE_ERRORS = contextvars.ContextVar("raise_usage_errors", default=False)
+
+
+class ArgumentParser(argparse.ArgumentParser):
+    """argparse's parser, whose errors become `UsageError` (with argparse's message) inside
+    `usage_errors_raised` — the Python API — and exit with status 2 as usual on the command line."""
+
+    def error(self, message):
+        if _RAISE_USAGE_ERRORS.get():
+            raise UsageError("invalid settings: {}".format(message))
+        super().error(message)
+
+
+@contextlib.contextmanager
+def usage_errors_raised():
+    token = _RAISE_USAGE_ERRORS.set(True)
+    try:
+        yield
+    finally:
+        _RAISE_USAGE_ERRORS.reset(token)
 
 
 def finite_float(text):

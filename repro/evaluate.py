@@ -80,7 +80,7 @@ def slurm_shard(environment):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", nargs="+", required=True,
                         help="zoo model name(s): ResNet (ResNet-152), ResNetDenoise (ResNet-152 + 4 Gaussian "

@@ -41,6 +41,18 @@ def softmax(logits):
     return exp / exp.sum(axis=1, keepdims=True)
 
 
+def check_finite_logits(spec, logits, names):
+    """Refuse non-finite logits (NaN, ±inf) in one line naming the images: a checkpoint whose weights are finite
+    can still overflow (a damaged or mismatched one), and its classes and probabilities would mean nothing."""
+    finite = np.isfinite(logits).all(axis=1)
+    if not finite.all():
+        bad = [str(name) for name, ok in zip(names, finite) if not ok]
+        raise cli.RunFailed("{}: the checkpoint gives non-finite logits (NaN or inf) for {} of {} image(s) ({}{}): it "
+                            "is damaged or does not fit the model; nothing was written".format(
+                                spec.name, len(bad), len(finite), ", ".join(bad[:3]), ", …" if len(bad) > 3 else ""))
+    return logits
+
+
 def predict(spec, checkpoint, paths, batch_size=8, engine=engines.DEFAULT_ENGINE, device=None):
     """Returns (table of top-5 predictions, logits N×classes, skipped [(path, reason)])."""
     from repro.data import iterate_batches, load_image_naive
@@ -49,13 +61,14 @@ def predict(spec, checkpoint, paths, batch_size=8, engine=engines.DEFAULT_ENGINE
     names = class_names(spec)
     load = functools.partial(load_image_naive, size=spec.arch.input_size)
     rows, logits, skipped = [], [], []
+    from tqdm import tqdm
+    progress = tqdm(total=len(paths), unit="img", desc="predict {}".format(spec.name))
     try:
-        from tqdm import tqdm
-        progress = tqdm(total=len(paths), unit="img", desc="predict {}".format(spec.name))
         for indices, images, bad in iterate_batches(paths, batch_size, load):
             skipped.extend((str(path), error.reason) for _, path, error in bad)
             if len(images):
-                batch_logits = classifier.predict_logits(images, batch_size)
+                batch_logits = check_finite_logits(spec, classifier.predict_logits(images, batch_size),
+                                                   [paths[index] for index in indices])
                 logits.append(batch_logits)
                 probabilities = softmax(batch_logits.astype(np.float64))
                 for index, probs in zip(indices, probabilities):
@@ -66,8 +79,8 @@ def predict(spec, checkpoint, paths, batch_size=8, engine=engines.DEFAULT_ENGINE
                         row["prob_{}".format(rank)] = float(probs[label])
                     rows.append(row)
             progress.update(len(indices) + len(bad))
-        progress.close()
     finally:
+        progress.close()          # before any error line, which must start a line of its own
         classifier.close()
     all_logits = np.concatenate(logits) if logits else np.zeros((0, spec.arch.num_classes), np.float32)
     columns = ["path"] + ["{}_{}".format(kind, rank) for rank in range(1, TOP_K + 1) for kind in ("class", "name", "prob")]
@@ -75,7 +88,7 @@ def predict(spec, checkpoint, paths, batch_size=8, engine=engines.DEFAULT_ENGINE
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0],
+    parser = cli.ArgumentParser(description=__doc__.split("\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="zoo model name, e.g. ResNeXtDenoiseAll")
     parser.add_argument("--zoo", default=zoo.DEFAULT_ZOO, choices=sorted(zoo.ZOOS))

@@ -197,7 +197,7 @@ def validate_model(spec, checkpoint, selection, iterations, batch, out, seed, en
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+    parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     which = parser.add_mutually_exclusive_group(required=True)
     which.add_argument("--model", nargs="+", help="zoo model name(s)")

@@ -18,8 +18,14 @@ def test_settings_become_the_commands_options():
     assert api._options({"attack_iter": 10, "no_check": True, "workers": None, "aggregate_only": False,
                          "load": ["a.npz", "b.npz"], "ssim_data_range": "reference"}) == [
         "--attack-iter", "10", "--no-check", "--load", "a.npz", "b.npz", "--ssim-data-range", "reference"]
-    with pytest.raises(ValueError, match="invalid settings"):
+    with pytest.raises(ValueError, match=r"^invalid settings: argument --attack-epsilon: 'nan' is not a finite number$"):
         api.run_study("ResNet", zoo="mini", images=2, attack_epsilon="nan", out="unused")
+    with pytest.raises(ValueError, match=r"^invalid settings: unrecognized arguments: --noise loud$"):
+        api.validate("ResNet", zoo="mini", noise="loud")
+    for call in (lambda: api.run_study("ResNet", zoo=None, out="unused"), lambda: api.validate("ResNet", zoo=None),
+                 lambda: api.load_model("ResNet", zoo=None)):
+        with pytest.raises(ValueError, match=r"^unknown zoo None: choose one of imagenet, mini$"):
+            call()
 
 
 def test_run_study_returns_the_tables_the_command_writes(tmp_path):
@@ -60,6 +66,15 @@ def test_a_loaded_model_predicts_and_taps_as_the_engine_does(tmp_path):
         model.features(images[:2], taps=["group9/block0/block_output"])
     with pytest.raises(ValueError, match="images must be BGR uint8 of shape N×32×32×3"):
         model.predict(images[:2].astype(np.float32))
+    for top_k in (-1, 0, 11, 2.5, True):
+        with pytest.raises(ValueError, match=r"^top_k must be an integer from 1 to 10 \(the model's classes\)"):
+            model.predict(images[:2], top_k=top_k)
+    import cv2
+    cv2.imwrite(str(tmp_path / "one.png"), images[3])
+    for one in (str(tmp_path / "one.png"), tmp_path / "one.png"):         # one path, not its characters
+        single = model.predict(one, top_k=2)
+        assert single.logits.shape == (1, 10)
+        np.testing.assert_array_equal(single.logits, model.predict(images[3:4]).logits)
     model.close()
 
 

@@ -31,6 +31,37 @@ def test_predict_table_matches_the_classifier_and_skips_unreadable_images(tmp_pa
         np.testing.assert_allclose([getattr(row, "prob_{}".format(k)) for k in range(1, 6)], probs[top], rtol=1e-5)
 
 
+def test_non_finite_logits_are_refused_naming_the_images_by_the_command_and_the_api(tmp_path, capsys):
+    """Finite weights whose logits overflow (a classifier of 3e38s) used to give exit 0 and a CSV of classes
+    0–4 with empty probabilities."""
+    from repro import api, checkpoints, cli
+    spec = tiny_spec("resnet")
+    arrays = checkpoints.read_checkpoint(write_synthetic_checkpoint(spec, tmp_path / "tiny.npz")).arrays
+    overflowing = checkpoints.save_checkpoint(dict(arrays, **{"linear/W": np.full_like(arrays["linear/W"], 3e38)}),
+                                              tmp_path / "overflow.npz")
+    paths = write_images(tmp_path / "in", [(64, 64), (64, 64)])
+    with pytest.raises(cli.RunFailed, match=r"^Tiny: the checkpoint gives non-finite logits \(NaN or inf\) for 2 of 2 "
+                                            r"image\(s\) \(.*image00\.png, .*image01\.png\): it is damaged"):
+        predict.predict(spec, overflowing, paths)
+    model = api.Model(spec, overflowing)
+    with pytest.raises(cli.RunFailed, match=r"non-finite logits \(NaN or inf\) for 1 of 1 image\(s\) \(.*image01\.png\)"):
+        model.predict(str(paths[1]))
+    model.close()
+    from repro import zoo
+    monkey_spec = spec
+    original = zoo.get_model
+    try:
+        zoo.get_model = lambda *args, **kwargs: monkey_spec
+        code = cli.run_main(predict.main, ["--model", "Tiny", "--load", str(overflowing), "--input", str(tmp_path / "in"),
+                                           "--output", str(tmp_path / "p.csv")])
+    finally:
+        zoo.get_model = original
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if line.startswith("error:")]
+    assert code == 1 and len(errors) == 1 and "non-finite logits" in errors[0], err
+    assert not (tmp_path / "p.csv").exists()
+
+
 @pytest.mark.slow
 def test_predict_command_on_a_synthetic_resnet152_writes_csv_and_logits(tmp_path, synthetic_imagenet_checkpoint, capsys):
     checkpoint = synthetic_imagenet_checkpoint("ResNet")

@@ -89,6 +89,14 @@ def test_variables_equal_the_released_checkpoints(name, manifest):
     assert [[n, list(s)] for n, s in torch_models.build(zoo.get_model(name)).variables()] == expected
 
 
+@pytest.mark.parametrize("spec", [spec for spec in zoo.all_models() if spec.zoo == "mini"] + [
+    tiny_spec(family, blocks=(1, 2, 1, 1)) for family in ("resnet", "resnet_denoise", "resnext_denoise_all")],
+    ids=lambda spec: spec.name if spec.zoo != "test" else spec.arch.family)
+def test_variables_equal_the_neutral_variable_list(spec):
+    """`repro.checkpoints.model_variables` (what checkpoints are checked against before they are read)."""
+    assert sorted(torch_models.build(spec).variables()) == sorted(checkpoints.model_variables(spec))
+
+
 def test_same_padding_is_tensorflows_asymmetric_rule():
     assert torch_models.same_padding(224, 7, 2) == (2, 3)          # stem convolution
     assert torch_models.same_padding(112, 3, 2) == (0, 1)          # stem max-pool, strided 3×3
