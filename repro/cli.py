@@ -7,7 +7,9 @@ import errno
 import logging
 import math
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 
@@ -133,16 +135,49 @@ def missing_checkpoint_message(spec, path):
     return "\n".join(lines)
 
 
+class Interrupted(KeyboardInterrupt):
+    """SIGTERM, raised in the main thread like SIGINT's KeyboardInterrupt, so that both end the same way."""
+
+    def __init__(self, signal_name):
+        super().__init__(signal_name)
+        self.signal_name = signal_name
+
+
+def _raise_interrupted(signum, frame):
+    raise Interrupted(signal.Signals(signum).name)
+
+
+@contextlib.contextmanager
+def sigterm_as_interrupt():
+    """SIGTERM raises `Interrupted` in the main thread (Python's default would end the process at once, without
+    the one line and the cleanup an interrupt gets). Elsewhere than the main thread nothing changes."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def run_main(main, argv=None):
-    """Run ``main(argv)``; expected failures become one line on stderr and a non-zero exit status."""
+    """Run ``main(argv)``; expected failures become one line on stderr and a non-zero exit status; SIGINT and
+    SIGTERM one line saying what is kept (exit status 130 and 143)."""
+    with sigterm_as_interrupt():
+        return _run_main(main, argv)
+
+
+def _run_main(main, argv=None):
     from repro.checkpoints import CheckpointError
     from repro.data import UnreadableImageError
-    from repro.engines import EngineUnavailable, PrecisionUnavailable
+    from repro.engines import DeviceUnavailable, EngineUnavailable, PrecisionUnavailable
     from repro.runner import DamagedBatch, RunConfigMismatch
     from repro.zoo import UnknownModelError
     try:
         return main(argv) or 0
-    except (UsageError, UnknownModelError, RunConfigMismatch, EngineUnavailable, PrecisionUnavailable) as error:
+    except (UsageError, UnknownModelError, RunConfigMismatch, EngineUnavailable, PrecisionUnavailable,
+            DeviceUnavailable) as error:
         print("error: {}".format(error), file=sys.stderr)
         return 2
     except (CheckpointError, UnreadableImageError, DamagedBatch, ValueError, RunFailed) as error:
@@ -155,7 +190,8 @@ def run_main(main, argv=None):
             raise
         print("error: {}".format(os_error_message(error) if error.errno else error), file=sys.stderr)
         return 1
-    except KeyboardInterrupt:
-        print("interrupted: results committed so far are kept; re-run the same command to continue",
-              file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as error:
+        name = getattr(error, "signal_name", None)
+        print("interrupted{}: results committed so far are kept; re-run the same command to continue".format(
+            " ({})".format(name) if name else ""), file=sys.stderr)
+        return 128 + (signal.Signals[name].value if name else signal.SIGINT.value)

@@ -30,7 +30,9 @@ MODEL_INPUT_SIZE = 224  # the released checkpoints take 224×224 inputs (ImageNe
 VALIDATION_SHORTER_EDGE = 256  # fb.resnet.torch evaluation: resize to 256, crop 224
 
 # Matched case-insensitively against a file's suffix when walking a directory.
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm"})
+# GIF is listed although OpenCV cannot decode it: a GIF in the data is then reported and listed as skipped, not
+# left out without a word.
+IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp", ".ppm", ".pgm", ".gif"})
 
 # ILSVRC-2012 class folders are named by WordNet id: "n" followed by 8 digits (e.g. n01440764).
 WNID_PATTERN = re.compile(r"n\d{8}")
@@ -83,6 +85,8 @@ def read_image_bgr(path):
     if _is_truncated_jpeg(encoded):
         raise UnreadableImageError(path, "truncated JPEG (no end-of-image marker after the image data)")
     image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if image is None and encoded[:4] == b"GIF8":
+        raise UnreadableImageError(path, "a GIF, which OpenCV cannot decode", advice="convert it to PNG or JPEG")
     if image is None:
         raise UnreadableImageError(path, "OpenCV cannot decode it (not an image, or a damaged or unsupported one)")
     return image
@@ -209,8 +213,9 @@ def list_image_files(paths):
     return found
 
 
-def _walk_image_files(directory):
-    """Files with an image suffix anywhere below `directory`, sorted; each real directory visited once."""
+def _walk_image_files(directory, others=None):
+    """Files with an image suffix anywhere below `directory`, sorted; each real directory visited once. Other
+    files that are not hidden are appended to the list `others` when one is given."""
     found, visited = [], set()
     for root, subdirectories, filenames in os.walk(directory, followlinks=True):
         real_root = os.path.realpath(root)
@@ -219,10 +224,22 @@ def _walk_image_files(directory):
             continue
         visited.add(real_root)
         found.extend(Path(root, name) for name in filenames if Path(name).suffix.lower() in IMAGE_EXTENSIONS)
+        if others is not None:
+            others.extend(Path(root, name) for name in filenames
+                          if Path(name).suffix.lower() not in IMAGE_EXTENSIONS and not name.startswith("."))
     return sorted(found)
 
 
 # ------------------------------------------------------------------------------ ImageNet validation
+
+def check_outside_data(path, data_dir, option="--out"):
+    """Refuse an output folder inside the data folder: its figures (PNG) would be read as images of the data
+    on the next run. Raises ValueError naming both."""
+    path, data = Path(path).resolve(), Path(data_dir).resolve()
+    if path == data or data in path.parents:
+        raise ValueError(f"{option} {path} is inside the data folder {data}: its files would be taken for images "
+                         f"of the data; choose an {option} outside it")
+
 
 def find_imagenet_val(data_dir):
     """The ILSVRC-2012 validation folder of class subfolders: `data_dir/val` or `data_dir` itself.
@@ -272,7 +289,11 @@ def imagenet_samples(data_dir, class_index=None):
     if stray:
         logger.warning("ignoring %d image files directly in %s (not in a class folder), e.g. %s",
                        len(stray), val_dir, stray[0].name)
-    samples = [(path, class_index[folder.name]) for folder in class_dirs for path in list_image_files(folder)]
+    others = []
+    samples = [(path, class_index[folder.name]) for folder in class_dirs for path in _walk_image_files(folder, others)]
+    if others:
+        logger.warning("ignoring %d file(s) without an image suffix (%s) in the class folders of %s, e.g. %s",
+                       len(others), " ".join(sorted(IMAGE_EXTENSIONS)), val_dir, sorted(others)[0])
     if not samples:
         raise ValueError(f"no image files in the class folders of {val_dir}")
     return samples

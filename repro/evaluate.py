@@ -15,6 +15,7 @@ import collections
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -27,6 +28,10 @@ from repro import cli, engines, protocol, zoo
 
 log = logging.getLogger("repro.evaluate")
 SELECTION_RULE = "select_images(seeded class round-robin)"
+MAX_VISUALIZE = 32
+"""At most this many channels per block in the feature-map figure: 4 blocks × 32 channels × 3 maps is already a
+tall figure, and thousands (K above a block's channels) took gigabytes before any batch was committed."""
+VISUALIZED_BLOCKS = range(4)       # `repro.scheduler.visualize_blocks`: the first, the last and two between
 
 
 def metric_list(text):
@@ -149,6 +154,9 @@ def parse_args(argv=None):
     if args.load and len(args.load) != len(args.model):
         parser.error("--load takes one checkpoint per --model ({} given for {} models)".format(
             len(args.load), len(args.model)))
+    if not 0 <= args.visualize <= MAX_VISUALIZE:
+        parser.error("--visualize takes 0 to {} channels per block (the panels of {} blocks × K channels make one "
+                     "figure), got {}".format(MAX_VISUALIZE, len(VISUALIZED_BLOCKS), args.visualize))
     return args
 
 
@@ -161,12 +169,14 @@ def study_config(args):
 
 
 def batch_identity(work, spec, checkpoint_sha256, selection):
-    """``(first, last) →`` the identity a batch of this run carries: the run's settings, the model and its
-    checkpoint (None: not known to this run, e.g. ``--aggregate-only``), the batch's images (None: idem)."""
+    """``(first, last[, digests]) →`` the identity a batch of this run carries: the run's settings, the model and
+    its checkpoint (None: not known to this run, e.g. ``--aggregate-only``), the batch's images with their SHA-256
+    (``digests``: those the worker read; default: the files' now; None: not known to this run)."""
     from repro import runner
     model = runner.model_identity(spec, checkpoint_sha256)
-    return lambda first, last: {"settings": work.config, "model": model,
-                                "images": selection.identity(first, last) if selection else None}
+    return lambda first, last, digests=None: {
+        "settings": work.config, "model": model,
+        "images": selection.identity(first, last, digests) if selection else None}
 
 
 def main(argv=None):
@@ -186,7 +196,7 @@ def study(argv=None):
     summary as DataFrames, also written to ``--out``)."""
     from collections import defaultdict
 
-    from repro import checkpoints, runner
+    from repro import checkpoints, data, runner, scheduler
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -201,10 +211,20 @@ def study(argv=None):
     config = study_config(args)
     # On a Ray cluster (--ray ADDRESS) the workers, not this machine, need e.g. the GPU that fp16 needs.
     engines.check_precision(args.engine, args.precision, this_machine=args.ray in (None, "local"))
+    engines.check_device(args.engine, args.device, this_machine=args.ray in (None, "local"))
+    # Every input and output is checked before the folder is claimed: a failed start leaves --out as it was.
     cli.check_writable_folder(args.out)
+    if args.save_adv:
+        cli.check_writable_folder(args.save_adv, "--save-adv")
+    if args.data and specs[0].zoo != "mini":
+        for option, folder in (("--out", args.out), ("--save-adv", args.save_adv)):
+            if folder:
+                try:
+                    data.check_outside_data(folder, args.data, option)
+                except ValueError as error:
+                    raise cli.UsageError(str(error)) from None
     hashes, selection = {}, None
     if not args.aggregate_only:
-        # Every input is checked before the folder is claimed: a failed start leaves --out as it was.
         for spec, path in zip(specs, checkpoint_paths):
             if not path.is_file():
                 raise cli.UsageError(cli.missing_checkpoint_message(spec, path))
@@ -224,20 +244,30 @@ def study(argv=None):
     for spec in specs:
         runner.resume_state(work, spec.name, runner.batch_plan(count, args.batch, args.shard),
                             batch_identity(work, spec, hashes.get(spec.name), selection),
-                            recompute_damaged=not args.aggregate_only)
-    if not args.aggregate_only:
-        work.claim()
-    timings, checks = defaultdict(float), {}
-    if not args.aggregate_only:
-        checks, measured = run_batches(args, specs, checkpoint_paths, hashes, config, work, selection)
-        timings.update(measured)
+                            recompute_damaged=not args.aggregate_only, discard=False)
+    ray_session = None
+    if not args.aggregate_only and (args.workers or args.ray):
+        ray_session = scheduler.connect_ray(None if args.ray in (None, "local") else args.ray, args.workers)
+    try:
+        timings, checks = defaultdict(float), {}
+        if not args.aggregate_only:
+            work.claim()
+            checks, measured = run_batches(args, specs, checkpoint_paths, hashes, config, work, selection, ray_session)
+            timings.update(measured)
+    finally:
+        if ray_session is not None:
+            ray_session.close()
     tabled = tabled_batches(work, specs, args, count, hashes, selection)
     began = time.perf_counter()
-    blocks, images, summary = runner.write_tables(work, {name: list(done) for name, done in tabled.items()}, args.out)
-    figures = runner.write_figures(blocks, [s.name for s in specs], args.out, config.metrics)
+    staging = runner.staging_folder(args.out)
+    blocks, images, summary = runner.write_tables(work, {name: list(done) for name, done in tabled.items()}, staging)
+    runner.write_figures(blocks, [s.name for s in specs], staging, config.metrics)
+    for spec in specs:
+        for name, source in scheduler.feature_map_figures(work, spec.name, tabled[spec.name]).items():
+            shutil.copyfile(source, staging / name)
     timings["aggregation_and_figures"] += time.perf_counter() - began
     studied = int((images["error"].isna() | (images["error"] == "")).sum()) if len(images) else 0
-    runner.write_manifest(args.out, {
+    outputs = runner.publish_outputs(args.out, staging, {
         "command": " ".join(sys.argv), "config": work.config, "models": {
             spec.name: dict(models_in_tables(spec, tabled[spec.name]), clean_check=checks.get(spec.name))
             for spec in specs},
@@ -249,15 +279,15 @@ def study(argv=None):
         "computed_by": computed_by(tabled),
         "packages": runner.package_versions(), "git": runner.git_state(),
         "machine": runner.machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "wall_seconds": round(time.time() - started, 2), "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
-        "figures": [str(f) for f in figures]})
-    log.info("wrote %s (blocks.csv, images.csv, summary.csv, manifest.json, %d figure files)", args.out, len(figures))
+        "wall_seconds": round(time.time() - started, 2), "timings_seconds": {k: round(v, 3) for k, v in timings.items()}})
+    log.info("wrote %s (%d files: tables, figures, manifest.json)", args.out, len(outputs) + 1)
     return StudyTables(blocks, images, summary)
 
 
-def run_batches(args, specs, checkpoint_paths, hashes, config, work, selection):
-    """Compute this run's pending batches (of its shard) where the options say — in this process, or on Ray
-    actors (`repro.scheduler`) — committing each here as it arrives. Returns (clean checks, timings)."""
+def run_batches(args, specs, checkpoint_paths, hashes, config, work, selection, ray_session=None):
+    """Compute this run's pending batches (of its shard) where the options say — in this process, or on the Ray
+    actors of ``ray_session`` (`repro.scheduler`) — committing each here as it arrives. Returns (clean checks,
+    timings)."""
     from tqdm import tqdm
 
     from repro import runner, scheduler
@@ -278,17 +308,18 @@ def run_batches(args, specs, checkpoint_paths, hashes, config, work, selection):
         log.info("%s: %d of %d batches already done, %d to run (%d PGD steps, α = %.2f px, ε = %g px)", spec.name,
                  len(committed), len(batches), len(pending[spec.name]), config.attack_iterations, config.step_size,
                  config.epsilon)
+        for note in scheduler.resume_notes(spec.name, committed, args.visualize, args.save_adv):
+            log.warning(note)
     paths = dict(zip((s.name for s in specs), checkpoint_paths))
 
     def commit(model, first, last, outcome):
-        scheduler.commit_outcome(work, model, first, last, outcome, identities[model](first, last), args.out,
-                                 args.save_adv, selection.paths, str(paths[model]))
+        identity = identities[model](first, last, outcome.info["image_sha256"])
+        scheduler.commit_outcome(work, model, first, last, outcome, identity, args.save_adv, selection.paths,
+                                 str(paths[model]), args.visualize)
     bar = tqdm(total=total, initial=done, unit="img", desc=", ".join(s.name for s in specs), position=0)
     try:
-        if args.workers or args.ray:
-            actors = args.workers or None
-            return scheduler.run_ray(plan, pending, commit, actors,
-                                     address=None if args.ray in (None, "local") else args.ray, progress=bar.update)
+        if ray_session is not None:
+            return scheduler.run_ray(ray_session, plan, pending, commit, progress=bar.update)
         return scheduler.run_local(plan, pending, commit, selection, progress=bar.update)
     finally:
         bar.close()
@@ -349,7 +380,7 @@ def _shard_view(work, spec, plan, identity):
     done, missing = {}, []
     for bounds in plan:
         try:
-            receipt = work.check_batch(spec.name, *bounds, identity(*bounds))
+            receipt = work.check_batch(spec.name, *bounds, lambda: identity(*bounds))
         except runner.DamagedBatch as error:
             log.warning("%s; left out of the tables until its shard recomputes it", error)
             receipt = None
@@ -365,8 +396,10 @@ def models_in_tables(spec, receipts):
     names the checkpoint(s) the numbers were computed from, whichever run computed them."""
     hashes = sorted({r["identity"]["model"]["checkpoint_sha256"] for r in receipts.values()})
     paths = sorted({r.get("checkpoint") for r in receipts.values() if r.get("checkpoint")})
+    dtypes = [r["checkpoint_dtypes"] for r in receipts.values() if r.get("checkpoint_dtypes")]
     return {"zoo": spec.zoo, "depth": spec.depth, "checkpoint": paths[0] if len(paths) == 1 else paths,
-            "sha256": hashes[0] if len(hashes) == 1 else hashes}
+            "sha256": hashes[0] if len(hashes) == 1 else hashes,
+            "weights_dtypes": dtypes[0] if dtypes and all(d == dtypes[0] for d in dtypes) else dtypes}
 
 
 def console_main():

@@ -111,6 +111,7 @@ def main(argv=None):
         raise cli.UsageError(cli.missing_checkpoint_message(spec, path))
     if args.batch < 1:
         raise cli.UsageError("--batch must be at least 1")
+    engines.check_device(args.engine, args.device)
     output = Path(args.output)
     skipped_path = output.with_suffix(".skipped.csv")
     # Where the results go is checked before any work, and they are written all or none at the end.

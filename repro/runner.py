@@ -16,6 +16,7 @@ selection (``batch_plan``): batches left over from a larger ``--images`` are not
 Memory does not grow with the number of images: each batch's statistics go to disk, and the tables are
 made by merging the per-batch sufficient statistics (`repro.aggregate`).
 """
+import contextlib
 import dataclasses
 import datetime
 import functools
@@ -24,8 +25,10 @@ import json
 import logging
 import os
 import platform
+import signal
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -36,7 +39,7 @@ from repro.protocol import PERTURBATIONS
 
 log = logging.getLogger(__name__)
 REPO_ROOT = Path(__file__).resolve().parent.parent
-RECEIPT_FORMAT = 2
+RECEIPT_FORMAT = 3         # 3: each image's SHA-256 in the batch's identity
 
 
 class RunConfigMismatch(ValueError):
@@ -45,6 +48,11 @@ class RunConfigMismatch(ValueError):
 
 class DamagedBatch(ValueError):
     """A committed batch whose files are missing, unreadable or do not match their receipt."""
+
+
+class ChangedImages(DamagedBatch):
+    """A committed batch whose images' content changed since it was computed (same path and label): recomputed
+    on resume like a damaged batch, refused where it cannot be recomputed."""
 
 
 def result_config(study_config, selection_rule, batch_size, data_source=None, engine="tensorflow",
@@ -113,12 +121,13 @@ def _short(value):
 
 
 def identity_differences(recorded, expected):
-    """What differs between a batch's recorded identity and the one this run expects, in words."""
+    """What differs between a batch's recorded identity and the one this run expects, in words — the images'
+    paths and labels included, their content not (`image_content_changes`)."""
     changes = _differences(recorded.get("settings") or {}, expected.get("settings") or {}, "")
     changes += _differences(recorded.get("model") or {}, expected.get("model") or {}, "model.")
-    if expected.get("images") is not None and recorded.get("images") != expected["images"]:
-        old = {row[0]: row for row in recorded.get("images") or []}
-        new = {row[0]: row for row in expected["images"]}
+    if expected.get("images") is not None:
+        old = {row[0]: row[:3] for row in recorded.get("images") or []}
+        new = {row[0]: row[:3] for row in expected["images"]}
         for image_id in sorted(set(old) | set(new)):
             if old.get(image_id) != new.get(image_id):
                 describe = lambda row: "absent" if row is None else "{} (label {})".format(row[1], row[2])  # noqa: E731
@@ -126,6 +135,18 @@ def identity_differences(recorded, expected):
                                                            describe(new.get(image_id))))
                 break
     return changes
+
+
+def image_content_changes(recorded, expected):
+    """The images whose content (SHA-256, the identity's fourth entry) differs between a batch's recorded
+    identity and this run's, as ``path (sha256 old… → new…)``."""
+    if expected.get("images") is None:
+        return []
+    old = {row[0]: row for row in recorded.get("images") or []}
+    return ["{} (SHA-256 {} → {})".format(row[1], _short(old[row[0]][3]) if len(old[row[0]]) > 3 else "not recorded",
+                                          _short(row[3]))
+            for row in expected["images"] if row[0] in old and old[row[0]][3:4] != row[3:4]]
+
 
 
 class WorkDirectory:
@@ -209,16 +230,23 @@ class WorkDirectory:
         return receipt
 
     def check_batch(self, model, first, last, expected):
-        """The receipt of a committed batch whose identity is ``expected``; None when not committed.
-        A batch computed differently raises RunConfigMismatch naming the file and the difference."""
+        """The receipt of a committed batch whose identity is ``expected`` (or ``expected()``, computed only for a
+        committed batch: it reads the images); None when not committed. A batch computed differently raises
+        RunConfigMismatch naming the file and the difference; one whose images changed content, ChangedImages."""
         receipt = self.receipt(model, first, last)
         if receipt is None:
             return None
+        expected = expected() if callable(expected) else expected
         changes = identity_differences(receipt["identity"], expected)
         if changes:
             raise RunConfigMismatch(
                 "{} was computed differently from this run ({}): use another --out, or delete {} to "
                 "recompute".format(self.batch_files(model, first, last)[2], "; ".join(changes), self.model_dir(model)))
+        changed = image_content_changes(receipt["identity"], expected)
+        if changed:
+            raise ChangedImages("{}: {} image(s) changed since the batch was computed: {}{}".format(
+                self.batch_files(model, first, last)[2], len(changed), ", ".join(changed[:3]),
+                " …" if len(changed) > 3 else ""))
         return receipt
 
     def discard_batch(self, model, first, last):
@@ -236,23 +264,25 @@ class WorkDirectory:
         return json.loads(path.read_text())
 
 
-def resume_state(work, model, plan, expected, recompute_damaged=True):
+def resume_state(work, model, plan, expected, recompute_damaged=True, discard=True):
     """Split ``plan`` (a model's batches) into (done: {batch: receipt}, pending: [batch]).
 
-    ``expected(first, last)`` is the identity each batch must carry. A batch computed differently
-    raises RunConfigMismatch. A damaged one is discarded and recomputed (``recompute_damaged``) or
-    raises DamagedBatch naming the file (when this process cannot recompute it).
+    ``expected(first, last)`` is the identity each batch must carry (called only for committed batches). A batch
+    computed differently raises RunConfigMismatch. A damaged one, or one whose images changed, is recomputed
+    (``recompute_damaged``: pending, its files discarded unless ``discard`` is False — a check before the folder
+    is claimed changes nothing) or raises DamagedBatch naming the file (when this process cannot recompute it).
     """
     done, pending = {}, []
     for first, last in plan:
         try:
-            receipt = work.check_batch(model, first, last, expected(first, last))
+            receipt = work.check_batch(model, first, last, lambda: expected(first, last))
         except DamagedBatch as error:
             if not recompute_damaged:
                 raise DamagedBatch("{}; re-run the study command (without --aggregate-only) to recompute "
                                    "it".format(error)) from None
-            log.warning("%s; recomputing that batch", error)
-            work.discard_batch(model, first, last)
+            if discard:
+                log.warning("%s; recomputing that batch", error)
+                work.discard_batch(model, first, last)
             receipt = None
         if receipt is None:
             pending.append((first, last))
@@ -307,13 +337,32 @@ class Selection:
     labels: np.ndarray
     loader: object             # path → BGR uint8 image of the model's input size
     source: dict               # the data's identity, part of the run's settings
+    content: object = None     # path → the SHA-256 of the image's content (None: unreadable)
+    _digests: dict = dataclasses.field(default_factory=dict, repr=False, compare=False)
 
     def __len__(self):
         return len(self.paths)
 
-    def identity(self, first, last):
-        """[id, path, label] of images first … last: what a batch records about its images."""
-        return [[index, str(self.paths[index]), int(self.labels[index])] for index in range(first, last + 1)]
+    def digest(self, index):
+        """The SHA-256 of image ``index``'s content, cached per file state (size, modification and change times,
+        inode): a file rewritten in place gets a new change time, so a changed image is read again."""
+        path = self.paths[index]
+        try:
+            stat = os.stat(path)
+            state = (stat.st_size, stat.st_mtime_ns, stat.st_ctime_ns, stat.st_ino)
+        except (OSError, TypeError, ValueError):
+            state = None                      # not a file (the miniature split's names): its content decides
+        cached = self._digests.get(index)
+        if cached is None or cached[0] != state or state is None:
+            cached = self._digests[index] = (state, self.content(path) if self.content else None)
+        return cached[1]
+
+    def identity(self, first, last, digests=None):
+        """[id, path, label, SHA-256] of images first … last: what a batch records about its images. ``digests``:
+        those a worker read the images with (default: their content now)."""
+        digests = digests if digests is not None else [self.digest(i) for i in range(first, last + 1)]
+        return [[index, str(self.paths[index]), int(self.labels[index]), digest]
+                for index, digest in zip(range(first, last + 1), digests)]
 
 
 def image_selection(spec, data_dir, count, seed=0):
@@ -334,14 +383,25 @@ def image_selection(spec, data_dir, count, seed=0):
             count = len(images)
         digest = hashlib.sha256(np.ascontiguousarray(images).tobytes() + np.asarray(labels, np.int64).tobytes())
         paths = ["{}{:05d}".format(MINI_TEST_PREFIX, index) for index in range(count)]
-        return Selection(paths, np.asarray(labels[:count]), lambda path: images[int(str(path)[len(MINI_TEST_PREFIX):])],
-                         {"dataset": "mini test split", "sha256": digest.hexdigest()})
+        pixels = lambda path: images[int(str(path)[len(MINI_TEST_PREFIX):])]  # noqa: E731
+        return Selection(paths, np.asarray(labels[:count]), pixels, {"dataset": "mini test split",
+                                                                     "sha256": digest.hexdigest()},
+                         content=lambda path: hashlib.sha256(np.ascontiguousarray(pixels(path)).tobytes()).hexdigest())
     samples = data.imagenet_samples(data_dir)
     chosen = data.select_images(samples, len(samples) if count is None else count, seed=seed)
     loader = functools.partial(data.load_imagenet_val_image, crop=spec.arch.input_size)
     source = {"dataset": "imagenet val", "folder": str(data.find_imagenet_val(data_dir).resolve()),
               "images_in_folder": len(samples)}
-    return Selection([path for path, _ in chosen], np.array([label for _, label in chosen]), loader, source)
+    return Selection([path for path, _ in chosen], np.array([label for _, label in chosen]), loader, source,
+                     content=file_sha256)
+
+
+def file_sha256(path):
+    """The SHA-256 of a file's bytes, or None when it cannot be read (the batch reports it as unreadable)."""
+    try:
+        return _file_sha256(path)
+    except OSError:
+        return None
 
 
 # --- outputs ---------------------------------------------------------------------------------------
@@ -417,6 +477,97 @@ def write_figures(blocks, models, out, metrics):
 def write_manifest(out, manifest):
     manifest = dict(manifest, written=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
     atomic_write_text(Path(out) / "manifest.json", json.dumps(manifest, indent=1, default=str))
+
+
+# --- a run's outputs are replaced together ------------------------------------------------------------
+
+STAGING = ".incoming"
+"""Where a run writes its tables and figures before they replace the previous ones (inside ``--out``, so that
+moving them is a rename on the same file system)."""
+
+OUTPUT_PATTERNS = ("blocks.csv", "images.csv", "summary.csv", "fig5_1_*.png", "fig5_1_*.pdf", "fig5_2.png",
+                   "fig5_2.pdf", "feature_maps_*.png", "feature_maps_*.pdf")
+"""The files of ``--out`` that belong to a run's output set (besides those its manifest lists)."""
+
+
+def staging_folder(out):
+    """An empty folder for the next output set (what a killed run left there is discarded)."""
+    import shutil
+    staging = Path(out) / STAGING
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    return staging
+
+
+@contextlib.contextmanager
+def deferred_signals():
+    """SIGINT and SIGTERM wait until the block is done (then take effect as usual): what it does to the output
+    folder is never half done by an interrupt. Main thread only; elsewhere it changes nothing."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+
+
+def _previous_outputs(out):
+    """The files of the output set now in ``out``: those its manifest lists, and any matching `OUTPUT_PATTERNS`."""
+    out = Path(out)
+    names = {path.name for pattern in OUTPUT_PATTERNS for path in out.glob(pattern) if path.is_file()}
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+        names |= set(manifest.get("outputs") or {}) | {Path(f).name for f in manifest.get("figures") or []}
+    except (OSError, ValueError, AttributeError, TypeError):
+        pass
+    return {name for name in names if name != "manifest.json" and "/" not in name}
+
+
+def publish_outputs(out, staging, manifest):
+    """Replace the output set in ``out`` (tables, figures, manifest) by the files in ``staging`` and ``manifest``,
+    together: the old manifest goes first, files of the old set that the new one lacks (e.g. the figures of a
+    model no longer asked for) are removed, the new files are renamed into place, and the new manifest, listing
+    every file with its SHA-256 (``outputs``), is written last — with SIGINT/SIGTERM held back meanwhile. So a
+    reader sees either a complete set or no manifest (`verify_outputs` says which)."""
+    import shutil
+    out, staging = Path(out), Path(staging)
+    names = sorted(path.name for path in staging.iterdir() if path.is_file())
+    manifest = dict(manifest, outputs={name: _file_sha256(staging / name) for name in names},
+                    figures=[str(out / name) for name in names if name.endswith((".png", ".pdf"))])
+    with deferred_signals():
+        (out / "manifest.json").unlink(missing_ok=True)
+        for name in sorted(_previous_outputs(out) - set(names)):
+            (out / name).unlink(missing_ok=True)
+        for name in names:
+            os.replace(staging / name, out / name)
+        write_manifest(out, manifest)
+    shutil.rmtree(staging, ignore_errors=True)
+    return [out / name for name in names]
+
+
+def verify_outputs(out):
+    """What is wrong with the output set in ``out``, as a list of lines; empty when it is complete: its
+    manifest.json exists and every file it lists is there with the SHA-256 it records."""
+    out = Path(out)
+    try:
+        manifest = json.loads((out / "manifest.json").read_text())
+    except FileNotFoundError:
+        return ["{}: no manifest.json (no finished run, or one interrupted while writing its outputs): re-run the "
+                "same command".format(out)]
+    except (OSError, ValueError) as error:
+        return ["{}: manifest.json is unreadable ({})".format(out, error)]
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("outputs"), dict):
+        return ["{}: manifest.json lists no outputs (written by an older version): re-run the same command".format(out)]
+    problems = []
+    for name, digest in sorted(manifest["outputs"].items()):
+        try:
+            if _file_sha256(out / name) != digest:
+                problems.append("{}: differs from the one the manifest records".format(out / name))
+        except OSError:
+            problems.append("{}: missing".format(out / name))
+    return problems
 
 
 def machine():

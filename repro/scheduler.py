@@ -120,12 +120,19 @@ class ModelWorker:
         return result
 
     def compute(self, first, last, on_steps=None):
-        """The batch of images first … last → `BatchOutcome` (nothing is written)."""
+        """The batch of images first … last → `BatchOutcome` (nothing is written). The images' SHA-256 (read
+        before and after loading them: an image rewritten meanwhile stops the batch) go into its identity."""
         from repro import cli, runner
         from repro.data import iterate_batches
         selection, plan = self.selection, self.plan
         ids = list(range(first, last + 1))
+        digests = [selection.digest(i) for i in ids]
         loaded = list(iterate_batches([selection.paths[i] for i in ids], len(ids), selection.loader))
+        changed = [selection.paths[i] for i, digest in zip(ids, digests) if selection.digest(i) != digest]
+        if changed:
+            raise cli.RunFailed("{} changed while it was being read (batch {} of {}): nothing was committed from it; "
+                                "re-run the same command".format(changed[0], runner.WorkDirectory.batch_stem(first, last),
+                                                                 self.spec.name))
         indices, images, skipped = loaded[0] if loaded else ([], None, [])
         skipped = [(ids[i], path, error.reason) for i, path, error in skipped]
         image_ids = [ids[i] for i in indices]
@@ -147,7 +154,8 @@ class ModelWorker:
                                "labels": np.asarray(result.labels), "targets": np.asarray(result.targets)}
         records = runner.batch_records(self.spec.name, result, selection.paths, skipped)
         info = {"images": len(image_ids), "skipped": len(skipped), "timings": result.timings if result else {},
-                "device": self.device, "worker": self.worker}
+                "device": self.device, "worker": self.worker, "image_sha256": digests,
+                "checkpoint_dtypes": self.study.checkpoint.dtypes()}
         return BatchOutcome(records, runner.batch_statistics(self.spec.name, first, last, result), info, panels,
                             adversarial)
 
@@ -179,14 +187,19 @@ def feature_panels(taps, result, k, engine):
     return panels
 
 
-def commit_outcome(work, model, first, last, outcome, identity, out, save_adv=None, paths=None, checkpoint=None):
-    """The driver's side of a batch: the figures and adversarial images it carries, then the atomic commit."""
+def commit_outcome(work, model, first, last, outcome, identity, save_adv=None, paths=None, checkpoint=None,
+                   visualize=0):
+    """The driver's side of a batch: the feature-map figure (into the work folder: the run's outputs take it from
+    there, `feature_map_figures`) and the adversarial images it carries, then the atomic commit. The receipt says
+    what was made besides the tables, so that a resume with other ``--visualize``/``--save-adv`` can say so."""
     import json
 
     from repro import plots
+    made = {}
     if outcome.panels:
-        plots.plot_feature_maps(outcome.panels, Path(out) / "feature_maps_{}".format(model),
-                                title="{}: image {}".format(model, outcome.panels[0]["image"]))
+        stem = work.model_dir(model) / (work.batch_stem(first, last) + "-feature_maps")
+        plots.plot_feature_maps(outcome.panels, stem, title="{}: image {}".format(model, outcome.panels[0]["image"]))
+        made["feature_maps"] = {"file": stem.name, "channels": visualize}
     if outcome.adversarial and save_adv:
         directory = Path(save_adv) / model
         directory.mkdir(parents=True, exist_ok=True)
@@ -196,8 +209,46 @@ def commit_outcome(work, model, first, last, outcome, identity, out, save_adv=No
             (directory / "{:06d}.json".format(image_id)).write_text(json.dumps({
                 "image": image_id, "path": str(paths[image_id]), "label": int(adversarial["labels"][position]),
                 "target": int(adversarial["targets"][position]), "space": "NCHW, x*2/255-1 of BGR pixels"}))
+        made["adversarial_saved"] = str(Path(save_adv).resolve())
     work.commit_batch(model, first, last, outcome.records, outcome.statistics,
-                      dict(outcome.info, checkpoint=checkpoint), identity)
+                      dict(outcome.info, checkpoint=checkpoint, **made), identity)
+
+
+def feature_map_figures(work, model, receipts):
+    """The feature-map figure of ``model`` among its committed batches (``receipts``: {(first, last): receipt}), as
+    {output file name: file in the work folder}; empty when the batch that holds it was computed without
+    ``--visualize``."""
+    figures = {}
+    for (first, last), receipt in sorted(receipts.items()):
+        made = receipt.get("feature_maps")
+        if made:
+            for suffix in (".png", ".pdf"):
+                source = work.model_dir(model) / (made["file"] + suffix)
+                if source.is_file():
+                    figures["feature_maps_{}{}".format(model, suffix)] = source
+    return figures
+
+
+def resume_notes(model, receipts, visualize, save_adv):
+    """What a resume cannot give for batches committed earlier with other ``--visualize``/``--save-adv`` (they are
+    not recomputed for figures or files): one line each, to be logged."""
+    notes = []
+    if visualize and receipts and min(receipts)[0] == 0:
+        made = receipts[min(receipts)].get("feature_maps")
+        if not made or made.get("channels") != visualize:
+            notes.append("{}: --visualize {} does not apply to its first batch, committed by an earlier run {}: its "
+                         "feature-map figure {}; delete its work folder's batch-000000-* files (or use a new --out) to "
+                         "recompute it".format(model, visualize, "without --visualize" if not made else
+                                               "with --visualize {}".format(made.get("channels")),
+                                               "is not drawn" if not made else "stays as it was"))
+    if save_adv:
+        wanted = str(Path(save_adv).resolve())
+        missing = [bounds for bounds, receipt in sorted(receipts.items()) if receipt.get("adversarial_saved") != wanted]
+        if missing:
+            notes.append("{}: --save-adv does not apply to {} batch(es) committed by an earlier run without it (first: "
+                         "images {}–{}): their adversarial images are not in {}; delete those batches (or use a new "
+                         "--out) to recompute them".format(model, len(missing), missing[0][0], missing[0][1], save_adv))
+    return notes
 
 
 def run_local(plan, pending, commit, selection, progress=None):
@@ -263,22 +314,66 @@ class StudyActor:
         return self._worker(model).compute(first, last)
 
 
-def worker_resources(ray, count):
+RAY_CONNECT_SECONDS = 60
+"""How long joining a Ray cluster (``--ray ADDRESS``) may take before the run gives up ($REPRO_RAY_TIMEOUT)."""
+
+
+@dataclasses.dataclass
+class RaySession:
+    """A connection to Ray made before ``--out`` is claimed (`connect_ray`): the cluster answered and can place
+    ``actors`` workers with ``resources`` each."""
+    ray: object
+    actors: int
+    resources: dict
+    threads: int
+    startup_seconds: float
+    started_here: bool
+
+    def close(self):
+        if self.started_here:
+            self.ray.shutdown()
+
+
+def worker_resources(cluster, count):
     """Per actor: one GPU where the Ray cluster has GPUs (Ray sets CUDA_VISIBLE_DEVICES), else a share of its
     CPUs; the thread count the engines use follows the CPU share ($REPRO_THREADS)."""
-    resources = ray.cluster_resources()
-    cpus = max(1, int(resources.get("CPU", 1)) // count)
-    if resources.get("GPU", 0) >= 1:
+    cpus = max(1, int(cluster.get("CPU", 1)) // count)
+    if cluster.get("GPU", 0) >= 1:
         return {"num_gpus": 1, "num_cpus": 1}, cpus
     return {"num_cpus": cpus}, cpus
 
 
-def run_ray(plan, pending, commit, actors, address=None, progress=None):
-    """The pending batches on ``actors`` Ray actors: a local Ray instance (``address`` None) or a cluster
-    (``auto``, ``ray://…``). Each model is checked once (on one actor) before its batches are handed out;
-    batches go to whichever actor is free; the driver commits each result as it arrives. A batch whose actor
-    dies is retried on the restarted actor (up to BATCH_ATTEMPTS); an error in the computation itself (a
-    broken checkpoint, an unreadable input) stops the run with that error."""
+def placeable_workers(cluster):
+    """How many workers Ray can place on a cluster with these resources: one per GPU where there are GPUs, else
+    one per CPU (each needs at least one)."""
+    gpus = int(cluster.get("GPU", 0))
+    return gpus if gpus >= 1 else int(cluster.get("CPU", 0))
+
+
+def _probe(address, seconds=5.0):
+    """Refuse at once a ``host:port`` (or ``ray://host:port``) that does not accept TCP connections: Ray itself
+    would retry such an address for ever."""
+    import socket
+    target = address[len("ray://"):] if address.startswith("ray://") else address
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        return None                                      # e.g. 'auto': Ray answers for itself at once
+    try:
+        socket.create_connection((host, int(port)), timeout=seconds).close()
+    except OSError as error:
+        from repro.cli import RunFailed
+        raise RunFailed("--ray {}: nothing answers there ({}): start the cluster (ray start --head) or check the "
+                        "address; nothing was computed".format(address, error.strerror or type(error).__name__)) from None
+
+
+def connect_ray(address=None, workers=None):
+    """Join Ray — a local instance (``address`` None) or a cluster (``auto``, ``host:port``, ``ray://host:port``) —
+    and check that it can place the workers, before anything is claimed or computed. An address that does not
+    answer, a connection that takes longer than $REPRO_RAY_TIMEOUT seconds (default `RAY_CONNECT_SECONDS`), and
+    more ``workers`` than the cluster can place (their actors would wait for ever) are one line each."""
+    import threading
+
+    from repro.cli import RunFailed
     ray = ray_module()
     began = time.perf_counter()
     started_here = not ray.is_initialized()
@@ -287,58 +382,94 @@ def run_ray(plan, pending, commit, actors, address=None, progress=None):
         if address is None:
             ray.init(num_cpus=os.cpu_count(), **options)
         else:
-            ray.init(address=address, **options)
+            _probe(address)
+            limit = float(os.environ.get("REPRO_RAY_TIMEOUT", RAY_CONNECT_SECONDS))
+            outcome = {}
+
+            def join():
+                try:
+                    ray.init(address=address, **options)
+                    outcome["joined"] = True
+                except Exception as error:           # noqa: BLE001  (reported below, in the main thread)
+                    outcome["error"] = error
+            thread = threading.Thread(target=join, daemon=True, name="ray-connect")
+            thread.start()
+            thread.join(limit)
+            if thread.is_alive():
+                raise RunFailed("--ray {}: no Ray cluster answered within {:g} s (set REPRO_RAY_TIMEOUT to wait longer); "
+                                "nothing was computed".format(address, limit))
+            if "error" in outcome:
+                raise RunFailed("--ray {}: {}; nothing was computed".format(
+                    address, str(outcome["error"]).splitlines()[0] or type(outcome["error"]).__name__))
     startup = time.perf_counter() - began
     try:
-        if actors is None:                       # --ray without --workers: one actor per GPU of the cluster
-            actors = max(1, int(ray.cluster_resources().get("GPU", 0)))
-        resources, threads = worker_resources(ray, actors)
-        log.info("Ray: %d actor(s) with %s each (%s threads); start-up %.1f s", actors, resources, threads, startup)
-        remote = ray.remote(max_restarts=BATCH_ATTEMPTS, max_task_retries=BATCH_ATTEMPTS, **resources)(StudyActor)
-        # The actors import repro as the driver does: from an installed package, or from this checkout.
-        code = str(Path(__file__).resolve().parent.parent)
-        runtime = {"env_vars": {"REPRO_THREADS": str(threads), "PYTHONPATH": os.pathsep.join(
-            part for part in (code, os.environ.get("PYTHONPATH")) if part)}}
-        handles = [remote.options(runtime_env=runtime).remote(plan, slot) for slot in range(actors)]
-        checks, timings = {}, defaultdict(float)
-        timings["ray_startup"] = startup
-        queue = [(spec.name, first, last) for spec in plan.specs for first, last in pending.get(spec.name, [])]
-        # Each model is checked once, by the first actor that gets one of its batches, just before that batch
-        # (an actor runs its calls in order); a free actor prefers a batch of the model it already holds.
-        check_futures, holding, running, free = {}, {}, {}, list(handles)
-        for spec in plan.specs:
-            if not pending.get(spec.name):            # nothing to compute, but the check is still reported
-                check_futures[spec.name] = handles[0].sanity_check.remote(spec.name)
-
-        def settle_check(model):
-            if model not in checks:
-                checks[model], build_seconds = _get(ray, check_futures[model], "the clean-accuracy check of " + model)
-                timings["graph_build_and_restore"] += build_seconds
-        while queue or running:
-            while queue and free:
-                handle = free.pop(0)
-                item = next((item for item in queue if item[0] == holding.get(handle)), queue[0])
-                queue.remove(item)
-                if item[0] not in check_futures:
-                    check_futures[item[0]] = handle.sanity_check.remote(item[0])
-                holding[handle] = item[0]
-                running[handle.compute.remote(*item)] = (item, handle)
-            done, _ = ray.wait(list(running), num_returns=1)
-            item, handle = running.pop(done[0])
-            settle_check(item[0])
-            outcome = _get(ray, done[0], "batch {}-{} of {}".format(item[1], item[2], item[0]))
-            for key, seconds in outcome.info["timings"].items():
-                timings[key] += seconds
-            commit(*item, outcome)
-            if progress:
-                progress(item[2] - item[1] + 1)
-            free.append(handle)
-        for model in check_futures:
-            settle_check(model)
-        return checks, dict(timings)
-    finally:
+        cluster = ray.cluster_resources()
+        if workers is None:                      # --ray without --workers: one actor per GPU of the cluster
+            workers = max(1, int(cluster.get("GPU", 0)))
+        placeable = placeable_workers(cluster)
+        if workers > placeable:
+            raise RunFailed("--workers {}: Ray can place at most {} worker(s) here ({} CPU(s), {} GPU(s); each worker "
+                            "needs {}): use --workers {} or fewer".format(
+                                workers, placeable, int(cluster.get("CPU", 0)), int(cluster.get("GPU", 0)),
+                                "one GPU" if cluster.get("GPU", 0) >= 1 else "one CPU", max(placeable, 1)))
+    except BaseException:
         if started_here:
             ray.shutdown()
+        raise
+    resources, threads = worker_resources(cluster, workers)
+    return RaySession(ray, workers, resources, threads, startup, started_here)
+
+
+def run_ray(session, plan, pending, commit, progress=None):
+    """The pending batches on the Ray actors of ``session`` (`connect_ray`). Each model is checked once (on one
+    actor) before its batches are handed out; batches go to whichever actor is free; the driver commits each
+    result as it arrives. A batch whose actor dies is retried on the restarted actor (up to BATCH_ATTEMPTS); an
+    error in the computation itself (a broken checkpoint, an unreadable input) stops the run with that error."""
+    ray, actors = session.ray, session.actors
+    log.info("Ray: %d actor(s) with %s each (%s threads); start-up %.1f s", actors, session.resources,
+             session.threads, session.startup_seconds)
+    remote = ray.remote(max_restarts=BATCH_ATTEMPTS, max_task_retries=BATCH_ATTEMPTS, **session.resources)(StudyActor)
+    # The actors import repro as the driver does: from an installed package, or from this checkout.
+    code = str(Path(__file__).resolve().parent.parent)
+    runtime = {"env_vars": {"REPRO_THREADS": str(session.threads), "PYTHONPATH": os.pathsep.join(
+        part for part in (code, os.environ.get("PYTHONPATH")) if part)}}
+    handles = [remote.options(runtime_env=runtime).remote(plan, slot) for slot in range(actors)]
+    checks, timings = {}, defaultdict(float)
+    timings["ray_startup"] = session.startup_seconds
+    queue = [(spec.name, first, last) for spec in plan.specs for first, last in pending.get(spec.name, [])]
+    # Each model is checked once, by the first actor that gets one of its batches, just before that batch
+    # (an actor runs its calls in order); a free actor prefers a batch of the model it already holds.
+    check_futures, holding, running, free = {}, {}, {}, list(handles)
+    for spec in plan.specs:
+        if not pending.get(spec.name):            # nothing to compute, but the check is still reported
+            check_futures[spec.name] = handles[0].sanity_check.remote(spec.name)
+
+    def settle_check(model):
+        if model not in checks:
+            checks[model], build_seconds = _get(ray, check_futures[model], "the clean-accuracy check of " + model)
+            timings["graph_build_and_restore"] += build_seconds
+    while queue or running:
+        while queue and free:
+            handle = free.pop(0)
+            item = next((item for item in queue if item[0] == holding.get(handle)), queue[0])
+            queue.remove(item)
+            if item[0] not in check_futures:
+                check_futures[item[0]] = handle.sanity_check.remote(item[0])
+            holding[handle] = item[0]
+            running[handle.compute.remote(*item)] = (item, handle)
+        done, _ = ray.wait(list(running), num_returns=1)
+        item, handle = running.pop(done[0])
+        settle_check(item[0])
+        outcome = _get(ray, done[0], "batch {}-{} of {}".format(item[1], item[2], item[0]))
+        for key, seconds in outcome.info["timings"].items():
+            timings[key] += seconds
+        commit(*item, outcome)
+        if progress:
+            progress(item[2] - item[1] + 1)
+        free.append(handle)
+    for model in check_futures:
+        settle_check(model)
+    return checks, dict(timings)
 
 
 def _get(ray, future, what):

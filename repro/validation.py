@@ -246,6 +246,7 @@ def validation_table(argv=None):
         raise cli.UsageError("--data is required: the ImageNet validation folder (val/<wnid>/*.JPEG)")
     cli.check_writable_folder(args.out)
     engines.check_precision(args.engine, args.precision)
+    engines.check_device(args.engine, args.device)
     loaded = [checkpoints.load_for(spec, path) for spec, path in zip(specs, paths_)]
     selection = runner.image_selection(specs[0], args.data, args.limit, ORDER_SEED)
     began = time.time()

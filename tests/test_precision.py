@@ -176,10 +176,10 @@ def test_a_ray_cluster_elsewhere_decides_for_itself_whether_it_can_run_fp16(tmp_
     class ReachedTheCluster(Exception):
         pass
 
-    def run_ray(plan, pending, commit, actors, address=None, progress=None):
+    def connect_ray(address=None, workers=None):
         raise ReachedTheCluster(address)
 
-    monkeypatch.setattr(scheduler, "run_ray", run_ray)
+    monkeypatch.setattr(scheduler, "connect_ray", connect_ray)
     argv = ["--zoo", "mini", "--model", "ResNet", "--images", "2", "--attack-iter", "1", "--precision", "fp16",
             "--ray", "ray://head.example:10001", "--out", str(tmp_path / "out")]
     with pytest.raises(ReachedTheCluster, match="ray://head.example:10001"):

@@ -111,15 +111,11 @@ def test_slurm_shard_needs_the_array_environment():
 
 
 def test_actors_ask_for_one_gpu_each_where_there_are_gpus():
-    class FakeRay:
-        def __init__(self, resources):
-            self.resources = resources
-
-        def cluster_resources(self):
-            return self.resources
-    assert scheduler.worker_resources(FakeRay({"CPU": 16, "GPU": 4}), 4) == ({"num_gpus": 1, "num_cpus": 1}, 4)
-    assert scheduler.worker_resources(FakeRay({"CPU": 2}), 2) == ({"num_cpus": 1}, 1)
-    assert scheduler.worker_resources(FakeRay({"CPU": 8}), 3) == ({"num_cpus": 2}, 2)
+    assert scheduler.worker_resources({"CPU": 16, "GPU": 4}, 4) == ({"num_gpus": 1, "num_cpus": 1}, 4)
+    assert scheduler.worker_resources({"CPU": 2}, 2) == ({"num_cpus": 1}, 1)
+    assert scheduler.worker_resources({"CPU": 8}, 3) == ({"num_cpus": 2}, 2)
+    assert [scheduler.placeable_workers(cluster) for cluster in ({"CPU": 16, "GPU": 4}, {"CPU": 2}, {"CPU": 2.0, "GPU": 0})] \
+        == [4, 2, 2]
 
 
 @pytest.mark.parametrize("engine", ["tensorflow", "torch"])

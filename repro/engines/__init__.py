@@ -9,7 +9,8 @@ for one batch, the attack, the tapped forward pass with the metrics, and clean l
 
 What an engine's package provides (its ``__init__`` is this face, nothing else):
 - ``PRECISIONS`` (those of `PRECISIONS` it runs) and ``precision_unavailable(precision)`` → why this machine
-  cannot run it, or None;
+  cannot run it, or None; ``device_unavailable(device, hardware=True)`` → why ``--device`` cannot be used (an
+  unknown name, or with ``hardware`` a device this machine lacks), or None;
 - ``study(spec, checkpoint, config, precision, device)`` → an object with ``taps``, ``checkpoint``, ``run_batch``,
   ``clean_logits_of``, ``close``: a `repro.protocol.StudyFlow` subclass providing ``attack_steps``, ``measure``
   and ``clean_logits`` (see there);
@@ -60,6 +61,11 @@ class EngineUnavailable(RuntimeError):
     """The engine's framework is not installed here; the message says which and what to do."""
 
 
+class DeviceUnavailable(ValueError):
+    """``--device`` names a device the engine does not know, or this machine lacks; the message says what to
+    choose instead."""
+
+
 class PrecisionUnavailable(ValueError):
     """``--precision`` names arithmetic the engine, or this machine, does not offer; the message says what to
     choose instead."""
@@ -94,17 +100,28 @@ def check_precision(engine, precision, *, this_machine=True):
         raise PrecisionUnavailable(reason)
 
 
+def check_device(engine, device, *, this_machine=True):
+    """Refuse, in one line and before any work, a ``--device`` that ``engine`` does not know or (``this_machine``)
+    this machine lacks. A Ray cluster elsewhere (this_machine=False) is checked by its workers."""
+    reason = load(engine).device_unavailable(device, hardware=this_machine)
+    if reason:
+        raise DeviceUnavailable(reason)
+
+
 def study(engine, spec, checkpoint, config, precision="float32", device=None):
     check_precision(engine, precision)
+    check_device(engine, device)
     return load(engine).study(spec, checkpoint, config, precision=precision, device=device)
 
 
 def classifier(engine, spec, checkpoint, device=None):
+    check_device(engine, device)
     return load(engine).classifier(spec, checkpoint, device=device)
 
 
 def attack_model(engine, spec, checkpoint, precision="float32", device=None):
     check_precision(engine, precision)
+    check_device(engine, device)
     return load(engine).attack_model(spec, checkpoint, precision=precision, device=device)
 
 
@@ -125,7 +142,8 @@ def add_arguments(parser, precision=True):
                              "(PyTorch, held to the reference by parity tests; GPUs)")
     parser.add_argument("--device", default=None,
                         help="torch engine: cpu, cuda, cuda:1, … (default: the first GPU if any, else the CPU); "
-                             "the TensorFlow engine places ops itself")
+                             "the TensorFlow engine places ops itself (CUDA_VISIBLE_DEVICES chooses its GPUs) and "
+                             "refuses --device")
     if precision:
         parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                             help="arithmetic of the attack loop, for speed on GPUs: float32 with TF32 off "

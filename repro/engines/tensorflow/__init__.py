@@ -25,6 +25,15 @@ def precision_unavailable(precision):
     return None
 
 
+def device_unavailable(device, hardware=True):
+    """TensorFlow places every op itself (on the first GPU where there is one): ``--device`` would be ignored, so
+    it is refused rather than silently dropped."""
+    if device in (None, "auto"):
+        return None
+    return ("--device {} applies to --engine torch: the TensorFlow engine places ops itself (on the first GPU if "
+            "any); choose its GPUs with CUDA_VISIBLE_DEVICES (empty: the CPU), or use --engine torch".format(device))
+
+
 def study(spec, checkpoint, config, precision="float32", device=None):
     from repro.engines.tensorflow.session import set_tf32
     from repro.engines.tensorflow.study_graph import StudyGraph

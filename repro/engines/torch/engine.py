@@ -28,10 +28,36 @@ def resolve_device(device=None):
     """``device`` as a torch.device; default the first GPU where there is one, else the CPU."""
     if device in (None, "auto"):
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("--device {} asked for, but PyTorch sees no CUDA device here".format(device))
-    return device
+    reason = device_unavailable(device)
+    if reason:
+        from repro.engines import DeviceUnavailable
+        raise DeviceUnavailable(reason)
+    return torch.device(device)
+
+
+def device_unavailable(device, hardware=True):
+    """Why ``device`` cannot run the study here, or None: a name PyTorch does not parse, a kind other than the CPU,
+    CUDA GPUs and Apple's MPS, or (``hardware``) a device this machine lacks."""
+    if device in (None, "auto"):
+        return None
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, ValueError, TypeError):
+        return "unknown --device {!r}: choose cpu, cuda or cuda:N (N from 0)".format(device)
+    if parsed.type not in ("cpu", "cuda", "mps"):
+        return "--device {} is not supported by the study: choose cpu, cuda or cuda:N".format(device)
+    if not hardware:
+        return None
+    if parsed.type == "cuda":
+        count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+        if count == 0:
+            return "--device {} asked for, but PyTorch sees no CUDA device here: use --device cpu".format(device)
+        if parsed.index is not None and parsed.index >= count:
+            return "--device {} asked for, but this machine has {} CUDA device(s) (cuda:0{}): choose one of them".format(
+                device, count, "" if count == 1 else "…cuda:{}".format(count - 1))
+    if parsed.type == "mps" and not torch.backends.mps.is_available():
+        return "--device mps asked for, but PyTorch sees no MPS device (Apple GPUs) here: use --device cpu or cuda"
+    return None
 
 
 def precision_unavailable(precision):
