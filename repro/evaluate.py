@@ -233,6 +233,10 @@ def study(argv=None):
             raise cli.UsageError("--data is required: the ImageNet validation folder (val/<wnid>/*.JPEG)")
         selection = runner.image_selection(specs[0], args.data, args.images, args.seed)
         log.info("studying %d images with %s", len(selection), ", ".join(s.name for s in specs))
+    elif specs[0].zoo == "mini" or args.data:
+        # --aggregate-only reads no image, but where the data is at hand the batches' images are checked
+        # against it: a table must not mix images that have changed since their batch was computed.
+        selection = runner.image_selection(specs[0], args.data, args.images, args.seed)
     work = runner.WorkDirectory(args.out, runner.result_config(config, SELECTION_RULE, args.batch,
                                                                selection.source if selection else None,
                                                                args.engine, args.precision))
@@ -260,26 +264,31 @@ def study(argv=None):
     tabled = tabled_batches(work, specs, args, count, hashes, selection)
     began = time.perf_counter()
     staging = runner.staging_folder(args.out)
-    blocks, images, summary = runner.write_tables(work, {name: list(done) for name, done in tabled.items()}, staging)
-    runner.write_figures(blocks, [s.name for s in specs], staging, config.metrics)
-    for spec in specs:
-        for name, source in scheduler.feature_map_figures(work, spec.name, tabled[spec.name]).items():
-            shutil.copyfile(source, staging / name)
-    timings["aggregation_and_figures"] += time.perf_counter() - began
-    studied = int((images["error"].isna() | (images["error"] == "")).sum()) if len(images) else 0
-    outputs = runner.publish_outputs(args.out, staging, {
-        "command": " ".join(sys.argv), "config": work.config, "models": {
-            spec.name: dict(models_in_tables(spec, tabled[spec.name]), clean_check=checks.get(spec.name))
-            for spec in specs},
-        "images_selected": count, "images_studied_total": studied, "data": args.data,
-        "batches": {name: {"planned": len(runner.batch_plan(count, args.batch)), "in_tables": len(done)}
-                    for name, done in tabled.items()},
-        "engine": engines.describe(args.engine, args.precision, args.device),
-        "shard": args.shard, "workers": args.workers, "ray": args.ray, "aggregate_only": args.aggregate_only,
-        "computed_by": computed_by(tabled),
-        "packages": runner.package_versions(), "git": runner.git_state(),
-        "machine": runner.machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
-        "wall_seconds": round(time.time() - started, 2), "timings_seconds": {k: round(v, 3) for k, v in timings.items()}})
+    try:
+        blocks, images, summary = runner.write_tables(work, {name: list(done) for name, done in tabled.items()},
+                                                      staging)
+        runner.write_figures(blocks, [s.name for s in specs], staging, config.metrics)
+        for spec in specs:
+            for name, source in scheduler.feature_map_figures(work, spec.name, tabled[spec.name]).items():
+                shutil.copyfile(source, staging / name)
+        timings["aggregation_and_figures"] += time.perf_counter() - began
+        studied = int((images["error"].isna() | (images["error"] == "")).sum()) if len(images) else 0
+        outputs = runner.publish_outputs(args.out, staging, {
+            "command": " ".join(sys.argv), "config": work.config, "models": {
+                spec.name: dict(models_in_tables(spec, tabled[spec.name]), clean_check=checks.get(spec.name))
+                for spec in specs},
+            "images_selected": count, "images_studied_total": studied, "data": args.data,
+            "batches": {name: {"planned": len(runner.batch_plan(count, args.batch)), "in_tables": len(done)}
+                        for name, done in tabled.items()},
+            "engine": engines.describe(args.engine, args.precision, args.device),
+            "shard": args.shard, "workers": args.workers, "ray": args.ray, "aggregate_only": args.aggregate_only,
+            "computed_by": computed_by(tabled),
+            "packages": runner.package_versions(), "git": runner.git_state(),
+            "machine": runner.machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+            "wall_seconds": round(time.time() - started, 2),
+            "timings_seconds": {k: round(v, 3) for k, v in timings.items()}})
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)      # whatever stopped it, the previous outputs stay whole
     log.info("wrote %s (%d files: tables, figures, manifest.json)", args.out, len(outputs) + 1)
     return StudyTables(blocks, images, summary)
 

@@ -501,16 +501,27 @@ def staging_folder(out):
 
 @contextlib.contextmanager
 def deferred_signals():
-    """SIGINT and SIGTERM wait until the block is done (then take effect as usual): what it does to the output
-    folder is never half done by an interrupt. Main thread only; elsewhere it changes nothing."""
+    """SIGINT and SIGTERM wait until the block is done, then take effect as they would have: what the block does
+    to the output folder is never half done by an interrupt. (Their Python handlers are swapped for ones that only
+    take note: blocking the signals in the main thread would not do, since another thread may receive them.)
+    Outside the main thread, where no handler can be set, nothing changes."""
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    previous = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    received = []
+    previous = {number: signal.signal(number, lambda signum, frame: received.append(signum))
+                for number in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield
     finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+        if received:
+            handler = previous[received[0]]
+            if callable(handler):
+                handler(received[0], None)
+            elif handler == signal.SIG_DFL:
+                os.kill(os.getpid(), received[0])
 
 
 def _previous_outputs(out):

@@ -377,6 +377,7 @@ def connect_ray(address=None, workers=None):
     ray = ray_module()
     began = time.perf_counter()
     started_here = not ray.is_initialized()
+    handlers = _signal_handlers()
     if started_here:
         options = dict(include_dashboard=False, log_to_driver=False, logging_level="ERROR")
         if address is None:
@@ -402,6 +403,7 @@ def connect_ray(address=None, workers=None):
                 raise RunFailed("--ray {}: {}; nothing was computed".format(
                     address, str(outcome["error"]).splitlines()[0] or type(outcome["error"]).__name__))
     startup = time.perf_counter() - began
+    _restore_signal_handlers(handlers)
     try:
         cluster = ray.cluster_resources()
         if workers is None:                      # --ray without --workers: one actor per GPU of the cluster
@@ -418,6 +420,25 @@ def connect_ray(address=None, workers=None):
         raise
     resources, threads = worker_resources(cluster, workers)
     return RaySession(ray, workers, resources, threads, startup, started_here)
+
+
+def _signal_handlers():
+    """The Python handlers of SIGINT and SIGTERM (main thread only; elsewhere none can be set)."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+
+
+def _restore_signal_handlers(handlers):
+    """``ray.init`` installs its own SIGTERM handlers — a Python one calling ``sys.exit(15)`` and a native one
+    printing a stack dump — over the run's (SIGTERM as an interrupt under `repro.cli.run_main`): the run's are
+    installed again, which also replaces the native one."""
+    import signal
+    for number, handler in handlers.items():
+        if handler is not None:
+            signal.signal(number, handler)
 
 
 def run_ray(session, plan, pending, commit, progress=None):

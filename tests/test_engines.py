@@ -163,3 +163,23 @@ def test_the_taps_read_off_the_zoo_equal_the_full_size_graphs(name):
         model_function(spec)(tf.placeholder(tf.float32, [None, 3, 224, 224]))
     for tap in ("block_output", "denoised"):
         assert taps_for(spec, tap) == block_taps(graph, tap)
+
+
+def test_devices_are_checked_in_one_line_before_any_work():
+    """--device nonsense and mps were tracebacks, --device cuda with TensorFlow was ignored without a word."""
+    tensorflow_engine = engines.load("tensorflow")
+    assert tensorflow_engine.device_unavailable(None) is None and tensorflow_engine.device_unavailable("auto") is None
+    assert tensorflow_engine.device_unavailable("cpu").startswith("--device cpu applies to --engine torch")
+    with pytest.raises(engines.DeviceUnavailable, match="CUDA_VISIBLE_DEVICES"):
+        engines.check_device("tensorflow", "cuda")
+    torch_engine = engines.load("torch")
+    import torch
+    assert torch_engine.device_unavailable("cpu") is None
+    assert torch_engine.device_unavailable("nonsense") == "unknown --device 'nonsense': choose cpu, cuda or cuda:N (N from 0)"
+    assert torch_engine.device_unavailable("meta") == "--device meta is not supported by the study: choose cpu, cuda or cuda:N"
+    if not torch.backends.mps.is_available():
+        assert "sees no MPS device" in torch_engine.device_unavailable("mps")
+    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    reason = torch_engine.device_unavailable("cuda:{}".format(count))
+    assert ("sees no CUDA device" if count == 0 else "this machine has {} CUDA device(s)".format(count)) in reason
+    assert torch_engine.device_unavailable("cuda:{}".format(count), hardware=False) is None   # a cluster decides

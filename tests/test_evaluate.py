@@ -1,6 +1,9 @@
 """evaluate.py end to end on small networks of the real families (and, slow, the full-size models):
 the files and their columns, determinism, resume without double counting, shards, bad input."""
 import json
+import os
+import signal
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -550,3 +553,222 @@ def test_blocks_csv_rows_recomputed_independently_from_the_tapped_maps(tmp_path)
             assert row.mean == pytest.approx(np.mean(per_image), rel=1e-4, abs=1e-6), row
             checked += 1
     assert checked == len(blocks) == 14 * 2 * 5
+
+
+# --- Nothing silent, nothing stuck ------------------------------------------------------------------------
+
+def snapshot(folder):
+    """Every file under ``folder`` with its bytes (a failed start must leave them exactly so)."""
+    return {str(path.relative_to(folder)): path.read_bytes() for path in sorted(folder.rglob("*")) if path.is_file()}
+
+
+def one_error_line(err):
+    lines = [line for line in err.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1, err
+    return lines[0]
+
+
+def test_a_changed_image_is_recomputed_on_resume_and_refused_by_aggregate_only(setup, tmp_path, capsys, caplog):
+    """An image overwritten with other pixels under the same name used to be mixed into the tables on a resume
+    (exit 0, numbers no fresh run gives)."""
+    import shutil
+    base, _ = setup
+    data = tmp_path / "data"
+    shutil.copytree(base / "data", data)
+
+    def study(out, images, *extra):
+        return cli.run_main(evaluate.main, [
+            "--model", "TinyResNet", "--zoo", "test", "--data", str(data), "--images", str(images), "--batch", "2",
+            "--attack-iter", "2", "--out", str(out), "--load", str(base / "checkpoints" / "TinyResNet.npz"), *extra])
+    assert study(tmp_path / "out", 4) == 0
+    first = Path(pd.read_csv(tmp_path / "out" / "images.csv").sort_values("image").path.iloc[0])
+    write_images(tmp_path / "other", [(80, 90)], seed=123)
+    shutil.copyfile(tmp_path / "other" / "image00.png", first)               # same name, other pixels
+    assert study(tmp_path / "out", 5) == 0
+    assert "1 image(s) changed since the batch was computed: {} (SHA-256".format(first) in caplog.text
+    assert "recomputing that batch" in caplog.text
+    assert study(tmp_path / "fresh", 5) == 0
+    for name in ("blocks.csv", "images.csv", "summary.csv"):
+        pd.testing.assert_frame_equal(tables(tmp_path / "out")[name], tables(tmp_path / "fresh")[name],
+                                      check_exact=False, rtol=1e-9)
+    write_images(tmp_path / "other", [(80, 90)], seed=124)
+    shutil.copyfile(tmp_path / "other" / "image00.png", first)               # changed again after the run
+    capsys.readouterr()
+    assert study(tmp_path / "out", 5, "--aggregate-only") == 1
+    line = one_error_line(capsys.readouterr().err)
+    assert "image(s) changed since the batch was computed" in line and "re-run the study command" in line
+
+
+def test_a_failed_start_leaves_a_finished_out_byte_for_byte_unchanged(setup, first_run, tmp_path, capsys):
+    """Each input or output that cannot work is refused before the folder is claimed, and the corrected command
+    then runs: a device the machine lacks, an unknown device, --device with TensorFlow, --save-adv naming a file,
+    --out inside the data folder, an unreachable Ray cluster, more workers than Ray can place."""
+    import shutil
+    import socket
+    base, _, _ = first_run
+    out = tmp_path / "out"
+    shutil.copytree(base / "out", out)
+    before = snapshot(out)
+    (tmp_path / "a-file").write_text("x")
+    with socket.socket() as probe:                  # a local port nobody listens on
+        probe.bind(("127.0.0.1", 0))
+        closed = probe.getsockname()[1]
+    cases = [(["--engine", "torch", "--device", "cuda:7"], 2, "--device cuda:7 asked for, but "),
+             (["--engine", "torch", "--device", "nonsense"], 2, "unknown --device 'nonsense': choose cpu, cuda or cuda:N"),
+             (["--device", "cuda"], 2, "--device cuda applies to --engine torch: the TensorFlow engine places ops itself"),
+             (["--save-adv", str(tmp_path / "a-file")], 2, "--save-adv {}: {} is a file, not a folder".format(
+                 tmp_path / "a-file", tmp_path / "a-file")),
+             (["--ray", "127.0.0.1:{}".format(closed)], 1, "--ray 127.0.0.1:{}: nothing answers there".format(closed)),
+             (["--workers", str(os.cpu_count() + 1)], 1, "--workers {}: Ray can place at most {} worker(s) here".format(
+                 os.cpu_count() + 1, os.cpu_count()))]
+    for extra, status, message in cases:
+        assert run(base, out, *extra) == status, extra
+        assert message in one_error_line(capsys.readouterr().err), extra
+        assert snapshot(out) == before, extra
+    inside = base / "data" / "val" / "results"
+    assert run(base, inside) == 2 and not inside.exists()
+    assert "is inside the data folder {}".format((base / "data").resolve()) in one_error_line(capsys.readouterr().err)
+    assert run(base, out) == 0                                                   # the corrected command
+
+
+def test_more_workers_than_ray_can_place_or_a_silent_address_never_hang(monkeypatch):
+    """The checks themselves, without a run: a cluster of 2 CPUs places 2 workers, not 3; an address that
+    accepts connections but is no Ray cluster gives up after $REPRO_RAY_TIMEOUT."""
+    import socket
+    import time
+
+    from repro import scheduler
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen()                                  # answers TCP, speaks no Ray
+    try:
+        monkeypatch.setenv("REPRO_RAY_TIMEOUT", "3")
+        began = time.perf_counter()
+        with pytest.raises(cli.RunFailed, match=r"no Ray cluster answered within 3 s \(set REPRO_RAY_TIMEOUT"):
+            scheduler.connect_ray("127.0.0.1:{}".format(server.getsockname()[1]), 1)
+        assert time.perf_counter() - began < 30
+    finally:
+        server.close()
+
+
+def test_visualize_is_bounded_before_anything_is_built(setup, tmp_path, capsys):
+    """K above a block's channels used to build a figure of gigabytes before any batch was committed."""
+    base, _ = setup
+    with pytest.raises(SystemExit) as stopped:
+        run(base, tmp_path / "o", "--visualize", "5000")
+    assert stopped.value.code == 2 and not (tmp_path / "o").exists()
+    assert "error: --visualize takes 0 to 32 channels per block" in capsys.readouterr().err
+
+
+def test_outputs_are_replaced_together_and_an_interrupt_never_leaves_a_mixed_set(setup, first_run, tmp_path,
+                                                                               monkeypatch, capsys):
+    """An interrupt while the new outputs are made leaves the old set whole; one during the swap is held back
+    until the new set is whole; either way `verify_outputs` tells a complete set from an incomplete one."""
+    import shutil
+
+    from repro import runner
+    base, _, reference = first_run
+    out = tmp_path / "out"
+    shutil.copytree(base / "out", out)
+    assert runner.verify_outputs(out) == [] or "lists no outputs" in runner.verify_outputs(out)[0]
+    assert run(base, out) == 0 and runner.verify_outputs(out) == []
+    old = snapshot(out)
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(runner, "write_figures", interrupted)              # new tables made, not yet published
+    assert run(base, out, "--images", "6") == 130
+    assert "interrupted: results committed so far are kept" in capsys.readouterr().err
+    assert {name: data for name, data in snapshot(out).items() if not name.startswith("work/")} == \
+        {name: data for name, data in old.items() if not name.startswith("work/")}
+    assert runner.verify_outputs(out) == []
+    monkeypatch.undo()
+
+    replace, signalled = os.replace, []
+
+    def replace_then_interrupt(source, target):
+        replace(source, target)
+        if not signalled and runner.STAGING in str(source) and runner.STAGING not in str(target):
+            signalled.append(target)
+            os.kill(os.getpid(), signal.SIGINT)                              # in the middle of the swap
+    monkeypatch.setattr(runner.os, "replace", replace_then_interrupt)
+    assert run(base, out, "--images", "6") == 130
+    monkeypatch.undo()
+    assert signalled and runner.verify_outputs(out) == []
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["images_selected"] == 6 and len(pd.read_csv(out / "images.csv")) == 12
+    (out / "fig5_2.png").write_bytes(b"changed")
+    assert runner.verify_outputs(out) == ["{}: differs from the one the manifest records".format(out / "fig5_2.png")]
+
+
+def test_a_rerun_with_fewer_models_removes_their_figures_and_says_what_a_resume_cannot_add(setup, first_run, tmp_path,
+                                                                                         caplog):
+    import shutil
+
+    from repro import runner
+    base, _, _ = first_run
+    out = tmp_path / "out"
+    shutil.copytree(base / "out", out)
+    assert (out / "fig5_1_TinyX.png").exists()
+    assert run(base, out, "--visualize", "2", "--save-adv", str(tmp_path / "adv"), models=("TinyResNet",)) == 0
+    assert not list(out.glob("fig5_1_TinyX.*")) and (out / "fig5_1_TinyResNet.png").exists()
+    assert set(pd.read_csv(out / "blocks.csv").model) == {"TinyResNet"} and runner.verify_outputs(out) == []
+    assert "TinyResNet: --visualize 2 does not apply to its first batch, committed by an earlier run without " \
+           "--visualize" in caplog.text
+    assert "TinyResNet: --save-adv does not apply to 3 batch(es) committed by an earlier run without it" in caplog.text
+    assert not list(out.glob("feature_maps_*"))
+
+
+def test_feature_maps_belong_to_the_output_set(setup, tmp_path):
+    from repro import runner
+    base, _ = setup
+    out = tmp_path / "out"
+    assert run(base, out, "--visualize", "2", models=("TinyResNet",)) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert {"feature_maps_TinyResNet.png", "feature_maps_TinyResNet.pdf"} <= set(manifest["outputs"])
+    assert runner.verify_outputs(out) == []
+
+
+def test_a_gif_in_the_data_is_listed_as_skipped_not_left_out(setup, tmp_path):
+    import shutil
+
+    from PIL import Image
+    base, _ = setup
+    data = tmp_path / "data"
+    shutil.copytree(base / "data", data)
+    folder = sorted((data / "val").iterdir())[0]
+    frames = [Image.fromarray(np.full((40, 40, 3), 60 * k, np.uint8)) for k in range(3)]
+    frames[0].save(folder / "animated.gif", save_all=True, append_images=frames[1:])
+    (folder / "notes.txt").write_text("not an image")
+    out = tmp_path / "out"
+    assert cli.run_main(evaluate.main, ["--model", "TinyResNet", "--zoo", "test", "--data", str(data), "--images",
+                                        "13", "--batch", "13", "--attack-iter", "1", "--out", str(out), "--load",
+                                        str(base / "checkpoints" / "TinyResNet.npz")]) == 0
+    images = pd.read_csv(out / "images.csv")
+    gif = images[images.path.str.endswith("animated.gif")]
+    assert len(gif) == 1 and "a GIF, which OpenCV cannot decode" in gif.error.iloc[0]
+
+
+@pytest.mark.parametrize("signal_name, workers", [("SIGTERM", []), ("SIGINT", []), ("SIGTERM", ["--workers", "2"])])
+def test_a_signal_is_one_line_and_keeps_the_committed_batches(tmp_path, signal_name, workers):
+    """A run stopped by SIGTERM (a scheduler's time limit) ends like one stopped by SIGINT: one line, the batches
+    committed so far kept, exit status 128 + the signal — also on Ray workers, whose start used to install a
+    handler that printed a native stack dump and exited with status 15."""
+    import subprocess
+    import sys
+    import time
+    out = tmp_path / "out"
+    process = subprocess.Popen([sys.executable, "repro/evaluate.py", "--zoo", "mini", "--model", "ResNet", "--images",
+                                "40", "--batch", "2", "--attack-iter", "5", "--metrics", "mse", "--out", str(out),
+                                *workers],
+                               cwd=str(zoo.REPO_ROOT), stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 240
+    while not list(out.glob("work/ResNet/batch-*.json")) and time.time() < deadline and process.poll() is None:
+        time.sleep(0.2)
+    process.send_signal(getattr(signal, signal_name))
+    err = process.communicate(timeout=120)[1]
+    assert process.returncode == 128 + getattr(signal, signal_name).value, err[-2000:]
+    lines = [line for line in err.splitlines() if line.startswith("interrupted")]
+    assert lines == ["interrupted{}: results committed so far are kept; re-run the same command to continue".format(
+        " (SIGTERM)" if signal_name == "SIGTERM" else "")], err[-2000:]
+    assert "Traceback" not in err and "SIGTERM received" not in err and list(out.glob("work/ResNet/batch-*.json"))
