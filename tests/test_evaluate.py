@@ -772,3 +772,16 @@ def test_a_signal_is_one_line_and_keeps_the_committed_batches(tmp_path, signal_n
     assert lines == ["interrupted{}: results committed so far are kept; re-run the same command to continue".format(
         " (SIGTERM)" if signal_name == "SIGTERM" else "")], err[-2000:]
     assert "Traceback" not in err and "SIGTERM received" not in err and list(out.glob("work/ResNet/batch-*.json"))
+
+
+def test_the_manifest_records_weights_of_another_precision(setup, tmp_path, caplog):
+    base, _ = setup
+    arrays = checkpoints.read_checkpoint(base / "checkpoints" / "TinyResNet.npz").arrays
+    half = checkpoints.save_checkpoint({k: v.astype(np.float16) for k, v in arrays.items()}, tmp_path / "half.npz")
+    out = tmp_path / "out"
+    assert cli.run_main(evaluate.main, ["--model", "TinyResNet", "--zoo", "test", "--data", str(base / "data"),
+                                        "--images", "2", "--batch", "2", "--attack-iter", "1", "--metrics", "mse",
+                                        "--load", str(half), "--out", str(out)]) == 0
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["models"]["TinyResNet"]["weights_dtypes"] == {"float16": len(arrays)}
+    assert "{} of {} variable(s) are float16".format(len(arrays), len(arrays)) in caplog.text
