@@ -172,6 +172,7 @@ def _run_main(main, argv=None):
     from repro.checkpoints import CheckpointError
     from repro.data import UnreadableImageError
     from repro.engines import DeviceUnavailable, EngineUnavailable, PrecisionUnavailable
+    from repro.protocol import NonFiniteAttack
     from repro.runner import DamagedBatch, RunConfigMismatch
     from repro.zoo import UnknownModelError
     try:
@@ -180,7 +181,7 @@ def _run_main(main, argv=None):
             DeviceUnavailable) as error:
         print("error: {}".format(error), file=sys.stderr)
         return 2
-    except (CheckpointError, UnreadableImageError, DamagedBatch, ValueError, RunFailed) as error:
+    except (CheckpointError, UnreadableImageError, DamagedBatch, ValueError, RunFailed, NonFiniteAttack) as error:
         if os.environ.get("REPRO_DEBUG"):
             raise
         print("error: {}".format(error), file=sys.stderr)

@@ -280,7 +280,7 @@ def study(argv=None):
             "images_selected": count, "images_studied_total": studied, "data": args.data,
             "batches": {name: {"planned": len(runner.batch_plan(count, args.batch)), "in_tables": len(done)}
                         for name, done in tabled.items()},
-            "engine": engines.describe(args.engine, args.precision, args.device),
+            "engine": engines.describe(args.engine, args.precision, args.device, not args.nondeterministic),
             "shard": args.shard, "workers": args.workers, "ray": args.ray, "aggregate_only": args.aggregate_only,
             "computed_by": computed_by(tabled),
             "packages": runner.package_versions(), "git": runner.git_state(),
@@ -305,7 +305,7 @@ def run_batches(args, specs, checkpoint_paths, hashes, config, work, selection, 
         specs=specs, checkpoints={s.name: (str(p), hashes[s.name]) for s, p in zip(specs, checkpoint_paths)},
         config=config, engine=args.engine, precision=args.precision, device=args.device, data=args.data,
         images=args.images, seed=args.seed, visualize=args.visualize, save_adversarial=bool(args.save_adv),
-        no_check=args.no_check)
+        no_check=args.no_check, deterministic=not args.nondeterministic)
     pending, identities, total, done = {}, {}, 0, 0
     for spec in specs:
         work.save_block_table(spec.name, block_table(spec.name, taps_for(spec, config.tap)))

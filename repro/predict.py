@@ -53,11 +53,11 @@ def check_finite_logits(spec, logits, names):
     return logits
 
 
-def predict(spec, checkpoint, paths, batch_size=8, engine=engines.DEFAULT_ENGINE, device=None):
+def predict(spec, checkpoint, paths, batch_size=8, engine=engines.DEFAULT_ENGINE, device=None, deterministic=True):
     """Returns (table of top-5 predictions, logits N×classes, skipped [(path, reason)])."""
     from repro.data import iterate_batches, load_image_naive
 
-    classifier = engines.classifier(engine, spec, checkpoint, device=device)
+    classifier = engines.classifier(engine, spec, checkpoint, device=device, deterministic=deterministic)
     names = class_names(spec)
     load = functools.partial(load_image_naive, size=spec.arch.input_size)
     rows, logits, skipped = [], [], []
@@ -125,7 +125,8 @@ def main(argv=None):
     if not paths:
         raise cli.UsageError("no image files found in {}".format(" ".join(args.input)))
     checkpoint = load_for(spec, path)
-    table, logits, skipped = predict(spec, checkpoint, paths, args.batch, args.engine, args.device)
+    table, logits, skipped = predict(spec, checkpoint, paths, args.batch, args.engine, args.device,
+                                     not args.nondeterministic)
     writers = {output: lambda stream: stream.write(table.to_csv(index=False))}
     if args.save_logits:
         writers[Path(args.save_logits)] = lambda stream: np.save(stream, logits)

@@ -112,6 +112,21 @@ class StudyConfig:
         return step_size_rule(self.epsilon, self.attack_iterations, self.attack_step_size)
 
 
+class NonFiniteAttack(ArithmeticError):
+    """The attack's loss, gradient or adversarial images became NaN or infinite: its numbers cannot be right."""
+
+
+def non_finite_attack(model, precision, image_ids):
+    """The one-line error for a non-finite attack on the images ``image_ids`` of ``model``."""
+    ids = list(image_ids)
+    where = "images {}–{}".format(ids[0], ids[-1]) if len(ids) > 1 else "image {}".format(ids[0]) if ids else "no image"
+    advice = ("use --precision bf16 (float32's range) or float32" if precision in ("fp16", "tf32") else
+              "use --precision float32" if precision == "bf16" else
+              "the checkpoint or the images are broken (the clean forward pass was finite)")
+    return NonFiniteAttack("{}: the attack's loss or gradient became non-finite (NaN or inf) in {} arithmetic for the "
+                           "batch of {}: nothing was committed for it; {}".format(model, precision, where, advice))
+
+
 @dataclass
 class BatchResult:
     """What one batch of the study gives, whichever engine computed it."""
@@ -167,8 +182,9 @@ class StudyFlow:
     image id), the chunked attack with progress, the warnings, the timings and the `BatchResult`.
 
     An engine's study class inherits it and provides ``spec``, ``config``, ``taps`` and
-    - ``attack_steps(clean, adversarial, targets, steps)``: ``steps`` PGD steps from ``adversarial``
-      (model-space NCHW float32 arrays), projected into the ε-ball of ``clean`` (0 steps: the projection);
+    - ``attack_steps(clean, adversarial, targets, steps)`` → (adversarial, finite): ``steps`` PGD steps from
+      ``adversarial`` (model-space NCHW float32 arrays), projected into the ε-ball of ``clean`` (0 steps: the
+      projection), and whether every loss and gradient stayed finite (checked before clipping);
     - ``measure(clean, random_noise, adversarial, feature_blocks)``: the tapped forward pass of the three
       versions and the metrics, as dict(predictions, values, clean_finite, features);
     - ``clean_logits(clean)``: logits of model-space images.
@@ -176,7 +192,8 @@ class StudyFlow:
     """
 
     def run_attack(self, clean, start, targets, on_steps=None):
-        """PGD from ``start`` for the configured number of steps, in chunks; ``on_steps(k)`` after each."""
+        """PGD from ``start`` for the configured number of steps, in chunks; ``on_steps(k)`` after each. Returns
+        (adversarial, finite): whether every loss and gradient stayed finite (a chunk that is not stops it)."""
         remaining, chunk = self.config.attack_iterations, self.config.attack_chunk
         if remaining < 0:
             raise ValueError("attack_iterations must be ≥ 0, got {}".format(remaining))
@@ -187,15 +204,17 @@ class StudyFlow:
         adversarial = start
         while remaining > 0:
             steps = min(chunk, remaining)
-            adversarial = self.attack_steps(clean, adversarial, targets, steps)
+            adversarial, finite = self.attack_steps(clean, adversarial, targets, steps)
             remaining -= steps
             if on_steps:
                 on_steps(steps)
-        return adversarial
+            if not finite:
+                return adversarial, False
+        return adversarial, True
 
     def run_batch(self, images_bgr, labels, image_ids, on_steps=None, feature_blocks=()):
-        """The whole study for one batch of BGR uint8 images; see `BatchResult`."""
-        import logging
+        """The whole study for one batch of BGR uint8 images; see `BatchResult`. A non-finite attack (loss,
+        gradient or adversarial image) raises `NonFiniteAttack` naming the model, the images and the precision."""
         import time
 
         from repro.data import to_model_space
@@ -206,13 +225,10 @@ class StudyFlow:
         start = clean + draws["start"] * np.float32(config.epsilon * 2.0 / 255)
         timings = {}
         began = time.perf_counter()
-        adversarial = self.run_attack(clean, start, targets, on_steps)
+        adversarial, finite = self.run_attack(clean, start, targets, on_steps)
         timings["attack"] = time.perf_counter() - began
-        broken = [image_id for image_id, image in zip(image_ids, adversarial) if not np.isfinite(image).all()]
-        if broken:
-            logging.getLogger("repro.study").warning(
-                "%s: the attack's gradient overflowed for image(s) %s (non-finite adversarial images); their "
-                "adversarial metrics will be excluded as non-finite", self.spec.name, broken)
+        if not finite or not np.isfinite(adversarial).all():
+            raise non_finite_attack(self.spec.name, getattr(self, "precision", "float32"), image_ids)
         began = time.perf_counter()
         out = self.measure(clean, draws["random"], adversarial, tuple(feature_blocks))
         timings["taps_metrics"] = time.perf_counter() - began

@@ -20,9 +20,11 @@ class RobustnessEvaluator:
     """``spec``'s network restored strictly from ``checkpoint`` with the evaluation attack, on ``engine``
     (`repro.engines`); the draws and the counting here are the same for every engine."""
 
-    def __init__(self, spec, checkpoint, engine=engines.DEFAULT_ENGINE, precision="float32", device=None):
-        self.spec = spec
-        self.model = engines.attack_model(engine, spec, checkpoint, precision=precision, device=device)
+    def __init__(self, spec, checkpoint, engine=engines.DEFAULT_ENGINE, precision="float32", device=None,
+                 deterministic=True):
+        self.spec, self.precision = spec, precision
+        self.model = engines.attack_model(engine, spec, checkpoint, precision=precision, device=device,
+                                          deterministic=deterministic)
         self.checkpoint = self.model.checkpoint
 
     def evaluate(self, images, labels, iterations, epsilon=16.0, seed=0, batch=50, image_ids=None,
@@ -56,8 +58,12 @@ class RobustnessEvaluator:
                 target = protocol.random_targets(labels[first:first + batch], draws["target_offset"],
                                                 num_classes)
                 start = clean + draws["start"] * np.float32(epsilon * 2.0 / 255)
-                predictions.append(self.model.adversarial_predictions(clean, start, target, iterations, epsilon,
-                                                                      alpha))
+                predicted, finite = self.model.adversarial_predictions(clean, start, target, iterations, epsilon,
+                                                                       alpha)
+                if not finite:
+                    raise protocol.non_finite_attack(self.spec.name, self.precision,
+                                                     image_ids[first:first + batch])
+                predictions.append(predicted)
                 targets.append(target)
             if on_batch:
                 on_batch(len(clean))

@@ -39,6 +39,7 @@ class RunPlan:
     visualize: int = 0                 # K channels per panel for the feature-map figure (batch 0), 0 = none
     save_adversarial: bool = False
     no_check: bool = False
+    deterministic: bool = True         # deterministic GPU kernels (--nondeterministic: False)
 
     def spec(self, model):
         return next(spec for spec in self.specs if spec.name == model)
@@ -68,14 +69,15 @@ class ModelWorker:
         path, self.sha256 = plan.checkpoints[model]
         self.worker = worker
         began = time.perf_counter()
-        self.study = engines.study(plan.engine, self.spec, path, plan.config, plan.precision, plan.device)
+        self.study = engines.study(plan.engine, self.spec, path, plan.config, plan.precision, plan.device,
+                                   plan.deterministic)
         self.build_seconds = time.perf_counter() - began
         if self.study.checkpoint.sha256 != self.sha256:
             self.study.close()
             from repro.cli import RunFailed
             raise RunFailed("{} changed on disk after the run started (SHA-256 {} → {}): nothing was computed from "
                             "it; re-run the command".format(path, self.sha256[:12], self.study.checkpoint.sha256[:12]))
-        self.device = engines.describe(plan.engine, plan.precision, plan.device)["device"]
+        self.device = engines.describe(plan.engine, plan.precision, plan.device, plan.deterministic)["device"]
 
     def sanity_check(self):
         """Clean accuracy on the studied images beside the published one; stop on a clearly broken checkpoint.
@@ -138,9 +140,9 @@ class ModelWorker:
         image_ids = [ids[i] for i in indices]
         result, panels, adversarial = None, None, None
         feature_blocks = visualize_blocks(self.study.taps) if plan.visualize and first == 0 else ()
+        parts = []
         if image_ids:
-            result = self.study.run_batch(images, selection.labels[image_ids], image_ids, on_steps=on_steps,
-                                          feature_blocks=feature_blocks)
+            result = self.run_in_parts(images, selection.labels[image_ids], image_ids, on_steps, feature_blocks, parts)
             broken = [image_id for image_id, finite in zip(image_ids, result.clean_finite) if not finite]
             if broken:
                 raise cli.RunFailed(
@@ -155,12 +157,55 @@ class ModelWorker:
         records = runner.batch_records(self.spec.name, result, selection.paths, skipped)
         info = {"images": len(image_ids), "skipped": len(skipped), "timings": result.timings if result else {},
                 "device": self.device, "worker": self.worker, "image_sha256": digests,
-                "checkpoint_dtypes": self.study.checkpoint.dtypes()}
+                "checkpoint_dtypes": self.study.checkpoint.dtypes(), "deterministic": plan.deterministic,
+                **({"split": parts} if len(parts) > 1 else {})}
         return BatchOutcome(records, runner.batch_statistics(self.spec.name, first, last, result), info, panels,
                             adversarial)
 
+    def run_in_parts(self, images, labels, image_ids, on_steps, feature_blocks, parts):
+        """``study.run_batch`` on the images, in halves (recursively, down to one image) where the device runs out
+        of memory: each image's numbers do not depend on the images beside it (its draws are its own), so the
+        result is that of a run with a smaller ``--batch``. ``parts`` receives the [first, last] image ids of each
+        part computed. One image that does not fit is one line naming the model, the device and its memory."""
+        from repro import cli
+        try:
+            result = self.study.run_batch(images, labels, image_ids, on_steps=on_steps, feature_blocks=feature_blocks)
+            parts.append([int(image_ids[0]), int(image_ids[-1])])
+            return result
+        except Exception as error:                         # noqa: BLE001  (only out-of-memory errors are handled)
+            memory = engines.out_of_memory(self.plan.engine, error, self.plan.device)
+            if memory is None:
+                raise
+        if len(image_ids) == 1:
+            raise cli.RunFailed("{}: one image does not fit in memory on {} ({} precision): the batches committed so "
+                                "far are kept; use a device with more memory, --precision bf16, or fewer taps "
+                                "(--metrics)".format(self.spec.name, memory, self.plan.precision)) from None
+        half = len(image_ids) // 2
+        log.warning("%s: images %d–%d do not fit in memory on %s; computing them in two halves (as with a smaller "
+                    "--batch)", self.spec.name, image_ids[0], image_ids[-1], memory)
+        first = self.run_in_parts(images[:half], labels[:half], image_ids[:half], on_steps, feature_blocks, parts)
+        second = self.run_in_parts(images[half:], labels[half:], image_ids[half:], on_steps, (), parts)
+        return merge_results(first, second)
+
     def close(self):
         self.study.close()
+
+
+def merge_results(first, second):
+    """One `repro.protocol.BatchResult` of two parts of a batch, in image order (feature maps: the first part's,
+    which holds the batch's first image, the one the figure shows)."""
+    from repro.protocol import BatchResult
+    join = np.concatenate
+    return BatchResult(
+        image_ids=list(first.image_ids) + list(second.image_ids), labels=join([first.labels, second.labels]),
+        targets=join([first.targets, second.targets]),
+        predictions={key: join([first.predictions[key], second.predictions[key]]) for key in first.predictions},
+        values={key: join([first.values[key], second.values[key]]) for key in first.values},
+        adversarial=join([first.adversarial, second.adversarial]),
+        clean_finite=join([first.clean_finite, second.clean_finite]),
+        timings={key: first.timings.get(key, 0.0) + second.timings.get(key, 0.0)
+                 for key in set(first.timings) | set(second.timings)},
+        feature_maps=first.feature_maps)
 
 
 def visualize_blocks(taps, count=4):

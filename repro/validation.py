@@ -139,7 +139,7 @@ class Progress:
 
 
 def validate_model(spec, checkpoint, selection, iterations, batch, out, seed, engine=engines.DEFAULT_ENGINE,
-                   precision="float32", device=None):
+                   precision="float32", device=None, deterministic=True):
     """Measure one model on ``selection``; returns one record per image (resuming from ``out``)."""
     from tqdm import tqdm
 
@@ -152,8 +152,9 @@ def validate_model(spec, checkpoint, selection, iterations, batch, out, seed, en
     missing = sorted(set(range(len(selection))) - set(records.image.astype(int)))
     if not missing:
         return records
-    model = engines.classifier(engine, spec, checkpoint, device=device) if iterations == 0 else \
-        RobustnessEvaluator(spec, checkpoint, engine=engine, precision=precision, device=device)
+    model = engines.classifier(engine, spec, checkpoint, device=device, deterministic=deterministic) \
+        if iterations == 0 else RobustnessEvaluator(spec, checkpoint, engine=engine, precision=precision,
+                                                    device=device, deterministic=deterministic)
     parts = [records] if len(records) else []
     paths, labels = selection.paths, selection.labels
     bar = tqdm(total=len(selection), initial=len(records), unit="img", desc="{} k={}".format(spec.name, iterations))
@@ -253,7 +254,7 @@ def validation_table(argv=None):
     rows = []
     for spec, checkpoint in zip(specs, loaded):
         records = validate_model(spec, checkpoint, selection, args.attack_iter, args.batch, args.out, args.seed,
-                                 args.engine, args.precision, args.device)
+                                 args.engine, args.precision, args.device, not args.nondeterministic)
         rows.extend(results_table(spec, args.attack_iter, records))
     table = pd.DataFrame(rows)
     out = Path(args.out)
@@ -262,7 +263,7 @@ def validation_table(argv=None):
     atomic_write_text(out / (stem + ".json"), json.dumps({
         "command": " ".join(sys.argv), "zoo": args.zoo, "attack_iter": args.attack_iter, "images": len(selection),
         "order": ORDER_RULE, "data": selection.source, "seed": args.seed, "epsilon": EPSILON, "rows": rows,
-        "engine": engines.describe(args.engine, args.precision, args.device),
+        "engine": engines.describe(args.engine, args.precision, args.device, not args.nondeterministic),
         "wall_seconds": round(time.time() - began, 1),
         "checkpoints": {s.name: {"path": str(p), "sha256": c.sha256} for s, p, c in zip(specs, paths_, loaded)},
         "packages": runner.package_versions(), "git": runner.git_state()},

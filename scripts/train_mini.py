@@ -165,8 +165,9 @@ class TrainingGraph:
         from_noise = tf.cast(tf.random_uniform([]) >= config.prob_start_from_clean, tf.float32)
         start = clean + from_noise * tf.random_uniform(tf.shape(clean), -epsilon, epsilon)
         with tf.name_scope("attack"):
-            return attacks.pgd_targeted(model, clean, start, target, config.attack_epsilon,
-                                        config.step_size, config.attack_steps)
+            adversarial, _ = attacks.pgd_targeted(model, clean, start, target, config.attack_epsilon,
+                                                  config.step_size, config.attack_steps)
+            return adversarial
 
     @staticmethod
     def _loss(logits, labels, classes, config, tf):

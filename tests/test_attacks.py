@@ -89,8 +89,8 @@ class AttackGraph:
                 self.gradient, = tf.gradients(losses, self.start)
                 self.loss = losses
                 with tf.name_scope("attack"):
-                    self.attack = attacks.pgd_targeted(model, self.clean, self.start, self.target,
-                                                       EPSILON, self.step_size, self.steps)
+                    self.attack, _ = attacks.pgd_targeted(model, self.clean, self.start, self.target,
+                                                          EPSILON, self.step_size, self.steps)
             self.variables = tf.global_variables()
             self.session = tf.Session()
         arrays = synthetic_checkpoint(spec, seed=seed, **gains)
@@ -238,3 +238,25 @@ def test_full_depth_synthetic_resnext_denoise_all_stays_finite_under_large_pgd_s
             assert np.isfinite(graph.gradient_at(adversarial, targets)).all()
     finally:
         graph.session.close()
+
+
+def test_the_attack_reports_a_non_finite_loss_or_gradient_before_clipping_hides_it():
+    """A model whose logits are NaN for some inputs: PGD's finite flag is False (clipping would turn NaN into the
+    ε-ball's bound on GPUs and hide it), and True for a model that stays finite."""
+    from repro.engines.tensorflow.tfcompat import tf as tf1
+    clean = np.zeros((2, 3, 8, 8), np.float32)
+    start = clean + 0.01
+    target = np.array([1, 2], np.int64)
+    results = {}
+    for name, model_fn in (("nan", lambda x: tf1.sqrt(tf1.reduce_mean(x, axis=[1, 2, 3]) - 1.0)[:, None] *
+                            tf1.ones([1, 10])),
+                           ("finite", lambda x: tf1.reduce_mean(x, axis=[1, 2, 3])[:, None] *
+                            tf1.range(10, dtype=tf1.float32)[None])):
+        graph = tf1.Graph()
+        with graph.as_default():
+            adversarial, finite = attacks.pgd_targeted(model_fn, tf1.constant(clean), tf1.constant(start),
+                                                       tf1.constant(target), 16.0, 1.0, tf1.constant(3))
+            with tf1.Session() as session:
+                results[name] = session.run([adversarial, finite])
+    assert not results["nan"][1] and results["finite"][1]
+    assert np.isfinite(results["finite"][0]).all()

@@ -106,7 +106,7 @@ def test_each_engines_package_face_is_the_documented_interface():
     engine's own model object, ``load_model``), nothing else — and stay so once every module of the engine is
     imported (a submodule named like a face function would replace it)."""
     interface = {"PRECISIONS", "precision_unavailable", "device_unavailable", "study", "classifier", "attack_model",
-                 "per_channel", "describe"}
+                 "per_channel", "describe", "out_of_memory"}
     for engine, extra in (("tensorflow", set()), ("torch", {"load_model"})):
         module = engines.load(engine)
         assert module.__name__ == "repro.engines." + engine

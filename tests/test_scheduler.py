@@ -29,13 +29,14 @@ def test_an_actor_killed_mid_run_changes_nothing(tmp_path, reference, monkeypatc
     """After the first commit, the test kills (SIGKILL) the other actor while it computes; Ray restarts it and
     retries its batch: the tables equal one process's, each image once."""
     import psutil
-    killed = []
+    killed, killed_slots = [], []
     original = scheduler.commit_outcome
 
     def commit_then_kill(work, model, first, last, outcome, *args, **kwargs):
         original(work, model, first, last, outcome, *args, **kwargs)
         if not killed:
             this = int(outcome.info["worker"].split("pid ")[1].split(" ")[0])
+            killed_slots.append(1 - int(outcome.info["worker"].split()[1]))     # two slots: 0 and 1
             for process in psutil.process_iter(["pid", "name", "cmdline"]):
                 title = " ".join(process.info["cmdline"] or []) + (process.info["name"] or "")
                 if "StudyActor" in title and process.info["pid"] != this:
@@ -50,8 +51,13 @@ def test_an_actor_killed_mid_run_changes_nothing(tmp_path, reference, monkeypatc
         pd.testing.assert_frame_equal(result[name], reference[name])
     assert not result["images.csv"].duplicated(["model", "image"]).any()
     assert (result["blocks.csv"].n_images == 8).all()
+    # The killed actor committed nothing (it died computing); its slot's batch was computed again by the
+    # restarted actor of that slot — another process — and every batch is in the tables once.
     workers = json.loads((tmp_path / "manifest.json").read_text())["computed_by"]
-    assert any("pid {} ".format(killed[0]) not in where for batches in workers.values() for where in batches.values())
+    places = [where for batches in workers.values() for where in batches.values()]
+    assert len(places) == 8 and not any("pid {} ".format(killed[0]) in where for where in places)
+    killed_slot = killed_slots[0]
+    assert any(where.startswith("slot {} (pid ".format(killed_slot)) for where in places), places
 
 
 def test_a_batch_that_keeps_failing_is_one_line(tmp_path, capsys, monkeypatch):
@@ -160,3 +166,99 @@ def test_memory_stays_flat_in_the_number_of_batches(engine):
         assert live_state() == state
     finally:
         worker.close()
+
+
+def out_of_memory_error(engine):
+    """The framework's own out-of-memory exception, as a device would raise it."""
+    if engine == "torch":
+        torch = __import__("torch") if os.environ.get("REPRO_REQUIRE_TORCH") else pytest.importorskip("torch")
+        return torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+    from repro.engines.tensorflow.tfcompat import tf
+    return tf.errors.ResourceExhaustedError(None, None, "OOM when allocating tensor with shape[300,256,56,56]")
+
+
+def study_class(engine):
+    if engine == "torch":
+        from repro.engines.torch.engine import TorchStudy
+        return TorchStudy
+    from repro.engines.tensorflow.study_graph import StudyGraph
+    return StudyGraph
+
+
+@pytest.mark.parametrize("engine", ["tensorflow", "torch"])
+def test_a_batch_that_does_not_fit_is_computed_in_halves_with_the_numbers_of_a_smaller_batch(tmp_path, engine,
+                                                                                            monkeypatch, caplog, capsys):
+    """The framework's out-of-memory error (injected where more than 2 images go through the tapped forward pass):
+    the batch of 4 is computed as 2 + 2, one warning says so, the receipt records the split, and the tables are
+    those of a run with --batch 2. When one image does not fit, one line names model, device and memory, and the
+    batches committed before are kept."""
+    error, cls = out_of_memory_error(engine), study_class(engine)
+    measure = cls.measure
+
+    def measure_or_run_out(self, clean, *args, **kwargs):
+        if len(clean) > limit[0]:
+            raise error
+        return measure(self, clean, *args, **kwargs)
+    limit = [2]
+    monkeypatch.setattr(cls, "measure", measure_or_run_out)
+    common = ["--zoo", "mini", "--model", "ResNet", "--images", "6", "--attack-iter", "2", "--metrics", "mse,ssim",
+              "--engine", engine]
+    assert cli.run_main(evaluate.main, common + ["--batch", "4", "--out", str(tmp_path / "split")]) == 0
+    assert "ResNet: images 0–3 do not fit in memory on cpu: " in caplog.text and "computing them in two halves" in caplog.text
+    receipt = json.loads((tmp_path / "split" / "work" / "ResNet" / "batch-000000-000003.json").read_text())
+    assert receipt["split"] == [[0, 1], [2, 3]]
+    assert "split" not in json.loads((tmp_path / "split" / "work" / "ResNet" / "batch-000004-000005.json").read_text())
+    assert cli.run_main(evaluate.main, common + ["--batch", "2", "--out", str(tmp_path / "small")]) == 0
+    for name in ("blocks.csv", "images.csv", "summary.csv"):
+        pd.testing.assert_frame_equal(tables(tmp_path / "split")[name], tables(tmp_path / "small")[name],
+                                      check_exact=False, rtol=1e-9)
+    limit[0] = 0                                                     # not even one image fits
+    capsys.readouterr()
+    out = tmp_path / "split"
+    assert cli.run_main(evaluate.main, common + ["--images", "8", "--batch", "4", "--out", str(out)]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0].startswith("error: ResNet: one image does not fit in memory on cpu: ")
+    assert "GiB available of" in errors[0] and "the batches committed so far are kept" in errors[0]
+    assert (out / "work" / "ResNet" / "batch-000000-000003.json").exists()
+
+
+def test_out_of_memory_on_a_ray_worker_is_split_there_too(tmp_path, reference):
+    """The split happens where the batch is computed: on the Ray actor (the out-of-memory error injected into the
+    actors' processes through sitecustomize); the tables are still those of one process."""
+    hook = tmp_path / "hook"
+    hook.mkdir()
+    (hook / "sitecustomize.py").write_text(
+        "import importlib.abc, sys\n"
+        "class Inject(importlib.abc.MetaPathFinder):\n"
+        "    def find_spec(self, name, path, target=None):\n"
+        "        if name != 'repro.engines.tensorflow.study_graph':\n"
+        "            return None\n"
+        "        sys.meta_path.remove(self)\n"
+        "        import importlib.util\n"
+        "        spec = importlib.util.find_spec(name)\n"
+        "        loader = spec.loader\n"
+        "        class Patched(type(loader)):\n"
+        "            def exec_module(self, module):\n"
+        "                super().exec_module(module)\n"
+        "                measure = module.StudyGraph.measure\n"
+        "                def measure_or_run_out(study, clean, *args, **kwargs):\n"
+        "                    if len(clean) > 1:\n"
+        "                        raise module.tf.errors.ResourceExhaustedError(None, None, 'OOM injected')\n"
+        "                    return measure(study, clean, *args, **kwargs)\n"
+        "                module.StudyGraph.measure = measure_or_run_out\n"
+        "        spec.loader = Patched(loader.name, loader.path)\n"
+        "        return spec\n"
+        "sys.meta_path.insert(0, Inject())\n")
+    environment = dict(os.environ, PYTHONPATH=str(hook))
+    import subprocess
+    import sys
+    out = tmp_path / "out"
+    result = subprocess.run([sys.executable, "repro/evaluate.py", *COMMON, "--workers", "2", "--out", str(out)],
+                            cwd=str(evaluate.zoo.REPO_ROOT), env=environment, capture_output=True, text=True,
+                            timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    receipts = [json.loads(path.read_text()) for path in (out / "work").glob("*/batch-*.json")]
+    assert receipts and all(receipt.get("split") == [[b[0], b[0]], [b[1], b[1]]]
+                            for receipt in receipts for b in [receipt["batch"]])
+    for name in ("blocks.csv", "images.csv", "summary.csv"):
+        pd.testing.assert_frame_equal(tables(out)[name], reference[name], check_exact=False, rtol=1e-9)

@@ -207,18 +207,18 @@ def test_chunked_attack_equals_one_uninterrupted_run(study, images, swap_config)
     targets = protocol.random_targets(images[1], draws["target_offset"], 10)
     start = clean + draws["start"] * EPSILON_MODEL
     chunks = []
-    chunked = study.run_attack(clean, start, targets, on_steps=chunks.append)
-    assert chunks == [3, 3, 1]
+    chunked, finite = study.run_attack(clean, start, targets, on_steps=chunks.append)
+    assert chunks == [3, 3, 1] and finite
     swap_config(attack_chunk=7)
     whole = []
-    at_once = study.run_attack(clean, start, targets, on_steps=whole.append)
+    at_once, _ = study.run_attack(clean, start, targets, on_steps=whole.append)
     assert whole == [7]
     np.testing.assert_array_equal(chunked, at_once)
     swap_config(attack_chunk=100)
-    np.testing.assert_array_equal(study.run_attack(clean, start, targets), at_once)
+    np.testing.assert_array_equal(study.run_attack(clean, start, targets)[0], at_once)
     # and a different number of steps gives a different result (the steps are really taken)
     swap_config(attack_iterations=6, attack_chunk=100)
-    assert not np.array_equal(study.run_attack(clean, start, targets), at_once)
+    assert not np.array_equal(study.run_attack(clean, start, targets)[0], at_once)
 
 
 def test_zero_attack_iterations_give_the_start_in_the_ball(study, images, swap_config):
@@ -226,11 +226,11 @@ def test_zero_attack_iterations_give_the_start_in_the_ball(study, images, swap_c
     clean = to_model_space(images[0])
     start = clean + protocol.perturbation_draws(0, IMAGE_IDS, clean.shape[1:])["start"] * EPSILON_MODEL
     calls = []
-    result = study.run_attack(clean, start, np.zeros(4, np.int64), on_steps=calls.append)
+    result, finite = study.run_attack(clean, start, np.zeros(4, np.int64), on_steps=calls.append)
     low = np.clip(clean - EPSILON_MODEL, np.float32(-1), np.float32(1))
     high = np.clip(clean + EPSILON_MODEL, np.float32(-1), np.float32(1))
     np.testing.assert_array_equal(result, np.clip(start, low, high))
-    assert calls == []
+    assert calls == [] and finite
 
 
 class _SessionGuard:

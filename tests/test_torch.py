@@ -186,10 +186,84 @@ def test_one_pgd_step_takes_the_same_signs():
         stepped = {}
         for engine in engines.ENGINES:
             study = engines.study(engine, spec, checkpoint, config)
-            stepped[engine] = study.attack_steps(clean, start, targets, 1)
+            stepped[engine], _ = study.attack_steps(clean, start, targets, 1)
             study.close()
         moved_the_same_way = np.isclose(stepped["tensorflow"], stepped["torch"], rtol=0, atol=1e-6).mean()
         assert moved_the_same_way >= 0.999, (family, moved_the_same_way)
+
+
+@pytest.mark.parametrize("name", MINI)
+def test_a_multi_step_pgd_trajectory_is_the_same_in_both_engines(name):
+    """Four steps of the study's attack, one call each: after every call both engines hold the same adversarial
+    images (to float round-off, on ≥ 99% of the pixels; the paths part only where a gradient sign is a near tie).
+    An engine taking a step more or less per call, or none, moves every pixel by α and fails at once."""
+    spec = zoo.get_model(name, "mini")
+    checkpoint = checkpoints.read_checkpoint(cli.checkpoint_path(spec))
+    images, _ = minidata.load_split("test")
+    clean = to_model_space(images[:4])
+    config = StudyConfig(attack_iterations=4, epsilon=16.0, metrics=("mse",))
+    draws = protocol.perturbation_draws(0, range(4), clean.shape[1:], spec.arch.num_classes)
+    start = clean + draws["start"] * np.float32(16 * 2 / 255)
+    targets = protocol.random_targets([0, 1, 2, 3], draws["target_offset"], spec.arch.num_classes)
+    paths = {}
+    for engine in engines.ENGINES:
+        study = engines.study(engine, spec, checkpoint, config)
+        adversarial, path = start, []
+        for _ in range(4):
+            adversarial, finite = study.attack_steps(clean, adversarial, targets, 1)
+            assert finite
+            path.append(adversarial)
+        study.close()
+        paths[engine] = path
+    step = 4 * 2 / 255                                          # α = max(1, ε / 4) = 4 pixels
+    for index, (ours, reference) in enumerate(zip(paths["torch"], paths["tensorflow"])):
+        assert np.isclose(ours, reference, rtol=0, atol=1e-6).mean() >= 0.99, (name, index)
+        moved = np.abs(reference - (start if index == 0 else paths["tensorflow"][index - 1]))
+        assert np.median(moved[moved > 0]) == pytest.approx(step, rel=1e-5) and (moved > 0).mean() > 0.5
+
+
+@pytest.mark.parametrize("precision", ["bf16", "fp16"])
+def test_a_reduced_precision_attack_moves_the_pixels_the_way_float32_does(precision):
+    """On ≥ 90% of the pixels the first bf16/fp16 step moves the same way as float32's (as the TensorFlow engine's
+    bf16 test asks); an attack going uphill, or not at all, in reduced precision fails."""
+    spec = zoo.get_model("ResNetDenoise", "mini")
+    checkpoint = checkpoints.read_checkpoint(cli.checkpoint_path(spec))
+    images, _ = minidata.load_split("test")
+    clean = to_model_space(images[:8])
+    draws = protocol.perturbation_draws(0, range(8), clean.shape[1:], spec.arch.num_classes)
+    start = clean + draws["start"] * np.float32(16 * 2 / 255)
+    targets = protocol.random_targets(np.arange(8) % 10, draws["target_offset"], spec.arch.num_classes)
+    moved = {}
+    for arithmetic in ("float32", precision):
+        study = engines.study("torch", spec, checkpoint, StudyConfig(attack_iterations=1), arithmetic)
+        adversarial, finite = study.attack_steps(clean, start, targets, 1)
+        study.close()
+        assert finite
+        moved[arithmetic] = np.sign(adversarial - start)
+    assert (moved[precision] != 0).mean() > 0.5
+    assert (moved[precision] == moved["float32"]).mean() >= 0.9
+
+
+def test_a_non_finite_attack_stops_the_run_in_one_line_keeping_the_committed_batches(tmp_path, capsys):
+    """float16 logits overflow (a classifier scaled up: logits of ~1e5, finite in float32) turn the loss and the
+    gradient into NaN; the run used to exclude such images with a warning and exit 0 (and on GPUs clipping turns
+    NaN into the ε-ball's bound, so it may not even be seen). Now it stops naming model, batch and precision."""
+    spec = zoo.get_model("ResNet", "mini")
+    arrays = checkpoints.read_checkpoint(cli.checkpoint_path(spec)).arrays
+    loud = checkpoints.save_checkpoint(dict(arrays, **{"linear/W": arrays["linear/W"] * np.float32(3e4)}),
+                                       tmp_path / "loud.npz")
+    argv = ["--zoo", "mini", "--model", "ResNet", "--load", str(loud), "--images", "4", "--batch", "2",
+            "--attack-iter", "2", "--metrics", "mse", "--engine", "torch", "--no-check", "--out", str(tmp_path / "o")]
+    assert cli.run_main(evaluate.main, argv + ["--precision", "float32"]) == 0
+    capsys.readouterr()
+    out = tmp_path / "o16"
+    assert cli.run_main(evaluate.main, [a if a != str(tmp_path / "o") else str(out) for a in argv] +
+                        ["--precision", "fp16"]) == 1
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error:")]
+    assert len(errors) == 1 and errors[0] == (
+        "error: ResNet: the attack's loss or gradient became non-finite (NaN or inf) in fp16 arithmetic for the batch "
+        "of images 0–1: nothing was committed for it; use --precision bf16 (float32's range) or float32"), errors
+    assert not list((out / "work" / "ResNet").glob("batch-*.json"))
 
 
 # --- metrics ---------------------------------------------------------------------------------------------------

@@ -11,7 +11,8 @@ What an engine's package provides (its ``__init__`` is this face, nothing else):
 - ``PRECISIONS`` (those of `PRECISIONS` it runs) and ``precision_unavailable(precision)`` → why this machine
   cannot run it, or None; ``device_unavailable(device, hardware=True)`` → why ``--device`` cannot be used (an
   unknown name, or with ``hardware`` a device this machine lacks), or None;
-- ``study(spec, checkpoint, config, precision, device)`` → an object with ``taps``, ``checkpoint``, ``run_batch``,
+- ``study(spec, checkpoint, config, precision, device, deterministic)`` → an object with ``taps``, ``checkpoint``,
+  ``run_batch``,
   ``clean_logits_of``, ``close``: a `repro.protocol.StudyFlow` subclass providing ``attack_steps``, ``measure``
   and ``clean_logits`` (see there);
 - ``classifier(spec, checkpoint, device)`` → ``predict_logits(images_bgr, batch_size)``, ``features(images_bgr,
@@ -19,7 +20,10 @@ What an engine's package provides (its ``__init__`` is this face, nothing else):
 - ``attack_model(spec, checkpoint, precision, device)`` → ``clean_predictions(images_bgr)``,
   ``adversarial_predictions(clean, start, targets, steps, epsilon, step_size)``, ``close`` (for `repro.robustness`);
 - ``per_channel(metric, reference, perturbed, **options)``: one metric on (N, C, H, W) arrays → (N, C) float64;
-- ``describe(device)`` → what the manifest records (framework and version, device, TF32);
+- ``describe(device, deterministic)`` → what the manifest records (framework and version, device, TF32, whether
+  GPU kernels are deterministic);
+- ``out_of_memory(error, device)`` → a description of the device's free memory when ``error`` is the framework
+  running out of memory, else None (`repro.scheduler` then retries the batch in halves);
 - optionally ``load_model(...)``: the framework's own model object (torch: an ``nn.Module``).
 ``checkpoint`` is a path or a `repro.checkpoints.Checkpoint` (already read and checked); ``spec`` a `repro.zoo`
 entry. Restoring must be strict: `repro.checkpoints.check_variables` with the model's (name, shape) list.
@@ -30,6 +34,7 @@ the same variables as the checkpoint manifest, logits and taps, one PGD step, th
 equal to the TensorFlow engine's within their tolerances.
 """
 import importlib
+import sys
 
 ENGINES = ("tensorflow", "torch")
 DEFAULT_ENGINE = "tensorflow"
@@ -108,21 +113,32 @@ def check_device(engine, device, *, this_machine=True):
         raise DeviceUnavailable(reason)
 
 
-def study(engine, spec, checkpoint, config, precision="float32", device=None):
+def study(engine, spec, checkpoint, config, precision="float32", device=None, deterministic=True):
     check_precision(engine, precision)
     check_device(engine, device)
-    return load(engine).study(spec, checkpoint, config, precision=precision, device=device)
+    return load(engine).study(spec, checkpoint, config, precision=precision, device=device,
+                              deterministic=deterministic)
 
 
-def classifier(engine, spec, checkpoint, device=None):
+def classifier(engine, spec, checkpoint, device=None, deterministic=True):
     check_device(engine, device)
-    return load(engine).classifier(spec, checkpoint, device=device)
+    return load(engine).classifier(spec, checkpoint, device=device, deterministic=deterministic)
 
 
-def attack_model(engine, spec, checkpoint, precision="float32", device=None):
+def attack_model(engine, spec, checkpoint, precision="float32", device=None, deterministic=True):
     check_precision(engine, precision)
     check_device(engine, device)
-    return load(engine).attack_model(spec, checkpoint, precision=precision, device=device)
+    return load(engine).attack_model(spec, checkpoint, precision=precision, device=device,
+                                     deterministic=deterministic)
+
+
+def out_of_memory(engine, error, device=None):
+    """A description of the device's free memory when ``error`` is ``engine``'s framework running out of memory
+    (torch's OutOfMemoryError, TensorFlow's ResourceExhaustedError, an allocation that failed on the host), else
+    None. Imports no framework that is not loaded yet: an engine never used cannot have raised."""
+    if _MODULES[engine] not in sys.modules:
+        return None
+    return load(engine).out_of_memory(error, device)
 
 
 def per_channel(engine, metric, reference, perturbed, **options):
@@ -130,9 +146,21 @@ def per_channel(engine, metric, reference, perturbed, **options):
     return load(engine).per_channel(metric, reference, perturbed, **options)
 
 
-def describe(engine, precision="float32", device=None):
-    """What the manifest records about how the numbers were computed: engine, version, device, precision."""
-    return dict(load(engine).describe(device), engine=engine, precision=precision)
+def host_memory():
+    """The host's available and total memory, from /proc/meminfo (Linux), for out-of-memory messages."""
+    try:
+        with open("/proc/meminfo") as stream:
+            fields = dict(line.split(":", 1) for line in stream)
+        return "{:.1f} GiB available of {:.1f} GiB".format(int(fields["MemAvailable"].split()[0]) / 2 ** 20,
+                                                           int(fields["MemTotal"].split()[0]) / 2 ** 20)
+    except (OSError, KeyError, ValueError):
+        return "free memory unknown"
+
+
+def describe(engine, precision="float32", device=None, deterministic=True):
+    """What the manifest records about how the numbers were computed: engine, version, device, precision, and
+    whether GPU kernels were deterministic."""
+    return dict(load(engine).describe(device, deterministic=deterministic), engine=engine, precision=precision)
 
 
 def add_arguments(parser, precision=True):
@@ -144,6 +172,9 @@ def add_arguments(parser, precision=True):
                         help="torch engine: cpu, cuda, cuda:1, … (default: the first GPU if any, else the CPU); "
                              "the TensorFlow engine places ops itself (CUDA_VISIBLE_DEVICES chooses its GPUs) and "
                              "refuses --device")
+    parser.add_argument("--nondeterministic", action="store_true",
+                        help="allow PyTorch's and TensorFlow's fastest GPU kernels, some of which are not deterministic "
+                             "(re-runs then agree to round-off, not bit for bit); the default is deterministic kernels")
     if precision:
         parser.add_argument("--precision", choices=PRECISIONS, default="float32",
                             help="arithmetic of the attack loop, for speed on GPUs: float32 with TF32 off "

@@ -34,23 +34,40 @@ def device_unavailable(device, hardware=True):
             "any); choose its GPUs with CUDA_VISIBLE_DEVICES (empty: the CPU), or use --engine torch".format(device))
 
 
-def study(spec, checkpoint, config, precision="float32", device=None):
-    from repro.engines.tensorflow.session import set_tf32
+def study(spec, checkpoint, config, precision="float32", device=None, deterministic=True):
+    from repro.engines.tensorflow.session import set_determinism, set_tf32
     from repro.engines.tensorflow.study_graph import StudyGraph
     set_tf32(False)
+    set_determinism(deterministic)
     return StudyGraph(spec, checkpoint, config, precision=precision)
 
 
-def classifier(spec, checkpoint, device=None):
+def classifier(spec, checkpoint, device=None, deterministic=True):
     from repro.engines.tensorflow.classifier_graph import Classifier
-    from repro.engines.tensorflow.session import set_tf32
+    from repro.engines.tensorflow.session import set_determinism, set_tf32
     set_tf32(False)
+    set_determinism(deterministic)
     return Classifier(spec, checkpoint)
 
 
-def attack_model(spec, checkpoint, precision="float32", device=None):
+def attack_model(spec, checkpoint, precision="float32", device=None, deterministic=True):
     from repro.engines.tensorflow.attack_graph import AttackGraph
+    from repro.engines.tensorflow.session import set_determinism
+    set_determinism(deterministic)
     return AttackGraph(spec, checkpoint, precision)
+
+
+def out_of_memory(error, device=None):
+    """A description of the memory when ``error`` is TensorFlow running out of it (ResourceExhaustedError)."""
+    if not isinstance(error, _tf.errors.ResourceExhaustedError):
+        return None
+    from repro.engines import host_memory
+    gpus = _tf.config.list_physical_devices("GPU")
+    if gpus:
+        used = _tf.config.experimental.get_memory_info("GPU:0")
+        return "GPU:0 ({} GPU(s)): {:.1f} GiB in use by TensorFlow, peak {:.1f} GiB".format(
+            len(gpus), used["current"] / 2 ** 30, used["peak"] / 2 ** 30)
+    return "cpu: " + host_memory()
 
 
 def per_channel(metric, reference, perturbed, **options):
@@ -58,9 +75,10 @@ def per_channel(metric, reference, perturbed, **options):
     return graph_per_channel(metric, reference, perturbed, **options)
 
 
-def describe(device=None):
+def describe(device=None, deterministic=True):
     import tensorflow
     gpus = [gpu.name for gpu in _tf.config.list_physical_devices("GPU")]
     return {"framework": "tensorflow " + tensorflow.__version__,
             "device": ", ".join(gpus) if gpus else "cpu",
-            "tf32": bool(_tf.config.experimental.tensor_float_32_execution_enabled())}
+            "tf32": bool(_tf.config.experimental.tensor_float_32_execution_enabled()),
+            "deterministic": bool(deterministic or not gpus)}

@@ -34,8 +34,8 @@ class AttackGraph(PrecisionMixin):
                 # Clean predictions by the same ops as repro.engines.tensorflow.classifier.Classifier, so both agree exactly.
                 self.clean_prediction_op = tf.argmax(model(preprocess(self.images)), axis=1)
                 with tf.name_scope("attack"):
-                    adversarial = attack_in_graph(spec, precision, self.clean, self.start, self.target,
-                                                  self.epsilon, self.step_size, self.steps)
+                    adversarial, self.attack_finite = attack_in_graph(
+                        spec, precision, self.clean, self.start, self.target, self.epsilon, self.step_size, self.steps)
                 self.adversarial_prediction_op = tf.argmax(model(adversarial), axis=1)
             self.session = tf.Session(config=session_config())
         self.checkpoint = checkpoint if isinstance(checkpoint, checkpoints.Checkpoint) \
@@ -47,7 +47,7 @@ class AttackGraph(PrecisionMixin):
         return self.session.run(self.clean_prediction_op, {self.images: images_bgr})
 
     def adversarial_predictions(self, clean, start, targets, steps, epsilon, step_size):
-        return self.attack_in_precision(lambda: self.session.run(self.adversarial_prediction_op, {
+        return self.attack_in_precision(lambda: self.session.run((self.adversarial_prediction_op, self.attack_finite), {
             self.clean: clean, self.start: start, self.target: targets, self.steps: steps,
             self.epsilon: epsilon, self.step_size: step_size}))
 

@@ -38,22 +38,28 @@ def pgd_targeted(model_fn, image, adversarial_start, target, epsilon_pixels, ste
     ``loss_scale`` (a positive constant, for a float16 ``model_fn``) multiplies the loss before the gradient
     is taken, so that small gradients do not underflow in float16; a positive factor leaves every sign, and
     so the step, as it is.
+
+    Returns (adversarial, finite): ``finite`` is a boolean scalar, False when the start, a loss or a gradient
+    was NaN or infinite at any step — checked before clipping, which (on GPUs) turns NaN into a bound.
     """
     low, high = epsilon_ball(image, epsilon_pixels)
     step = step_size_pixels * IMAGE_SCALE
 
-    def one_step(adversarial):
+    def one_step(adversarial, finite):
         logits = model_fn(adversarial)
         losses = tf.nn.sparse_softmax_cross_entropy_with_logits(logits=logits, labels=target)
         if loss_scale is not None:
             losses = losses * loss_scale
         gradient, = tf.gradients(losses, adversarial)
-        return tf.clip_by_value(adversarial - tf.sign(gradient) * step, low, high)
+        finite = tf.logical_and(finite, tf.logical_and(tf.reduce_all(tf.is_finite(losses)),
+                                                       tf.reduce_all(tf.is_finite(gradient))))
+        return [tf.clip_by_value(adversarial - tf.sign(gradient) * step, low, high), finite]
 
     with tf.name_scope("attack_loop"):
-        final = tf.while_loop(lambda _: True, one_step, [adversarial_start], back_prop=False,
-                              maximum_iterations=iterations, parallel_iterations=1)
-    return tf.clip_by_value(final, low, high)
+        final, finite = tf.while_loop(lambda *_: True, one_step,
+                                      [adversarial_start, tf.reduce_all(tf.is_finite(adversarial_start))],
+                                      back_prop=False, maximum_iterations=iterations, parallel_iterations=1)
+    return tf.clip_by_value(final, low, high), finite
 
 
 def attack_in_graph(spec, precision, image, start, target, epsilon_pixels, step_size_pixels, iterations):

@@ -36,6 +36,15 @@ def set_tf32(enabled):
     tf.config.experimental.enable_tensor_float_32_execution(bool(enabled))
 
 
+def set_determinism(deterministic):
+    """On GPUs, TensorFlow's deterministic kernels (op determinism: the same batch gives the same bits on every
+    run) unless asked otherwise. TensorFlow cannot switch it off again within a process; CPU kernels are
+    deterministic either way. (Not exercised here: the GPU machines this project is checked on have no
+    TensorFlow.)"""
+    if deterministic and tf.config.list_physical_devices("GPU"):
+        tf.config.experimental.enable_op_determinism()
+
+
 class PrecisionMixin:
     """TF32 around the attack's session runs where asked, float32 with TF32 off for everything else (bfloat16
     and float16 are in the attack's graph)."""

@@ -75,7 +75,7 @@ class StudyGraph(StudyFlow, PrecisionMixin):
 
         with tf.name_scope("attack"):
             self.attack = attack_in_graph(self.spec, self.precision, self.clean, self.adversarial, self.target,
-                                          config.epsilon, config.step_size, self.steps)
+                                          config.epsilon, config.step_size, self.steps)   # (adversarial, finite)
         with tf.name_scope("clean_check"):
             self.clean_logits_tensor = model(self.clean)
 
@@ -83,6 +83,7 @@ class StudyGraph(StudyFlow, PrecisionMixin):
         return self.session.run(self.clean_logits_tensor, {self.clean: clean})
 
     def attack_steps(self, clean, adversarial, targets, steps):
+        """(adversarial, finite) after ``steps`` PGD steps (`StudyFlow.attack_steps`)."""
         return self.attack_in_precision(lambda: self.session.run(self.attack, {
             self.clean: clean, self.adversarial: adversarial, self.target: targets, self.steps: steps}))
 

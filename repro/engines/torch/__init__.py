@@ -13,8 +13,8 @@ The pieces behind it:
     model = load_model("ResNeXtDenoiseAll", "checkpoints/X101-DenoiseAll.npz", input="rgb01")
 """
 from repro.engines.torch.engine import (PRECISIONS, attack_model, classifier, describe, device_unavailable,  # noqa: F401
-                                        per_channel, precision_unavailable, study)
+                                        out_of_memory, per_channel, precision_unavailable, study)
 from repro.engines.torch.models import load_model  # noqa: F401
 
 __all__ = ["PRECISIONS", "attack_model", "classifier", "describe", "device_unavailable", "load_model",
-           "per_channel", "precision_unavailable", "study"]
+           "out_of_memory", "per_channel", "precision_unavailable", "study"]

@@ -3,7 +3,11 @@
 Same interface as `repro.engines.tensorflow` (see `repro.engines`): the batch's flow is the shared
 `repro.protocol.StudyFlow`; here only the three computations differ — PGD steps, the tapped forward pass
 with the metrics (float64 on the device), and clean logits. Float32 with TF32 off everywhere by default;
-``precision='tf32'``, ``'bf16'`` or ``'fp16'`` (autocast, the loss scaled) applies to the attack loop only.
+``precision='tf32'``, ``'bf16'`` or ``'fp16'`` (autocast, the loss scaled) applies to the attack loop only — its
+forward and backward passes. On GPUs the kernels are deterministic unless asked otherwise (`set_determinism`).
+Memory: the tapped forward pass measures each block as soon as its map exists and lets the map go
+(`TorchStudy.measure`), and the metrics take float64 copies of a few channels at a time
+(`repro.engines.torch.metrics.metric_values`), so a batch needs little more than a plain forward pass of it.
 """
 import contextlib
 import os
@@ -71,9 +75,39 @@ def set_tf32(enabled):
     torch.backends.cudnn.allow_tf32 = bool(enabled)
 
 
+def set_determinism(deterministic, device):
+    """On a GPU, deterministic kernels (the same batch gives the same bits on every run: cuDNN and cuBLAS pick
+    fixed algorithms, atomics-based backward kernels are replaced), or PyTorch's fastest ones. cuBLAS needs its
+    workspace fixed before its first use (CUBLAS_WORKSPACE_CONFIG). CPU kernels are deterministic either way."""
+    if device.type != "cuda":
+        return
+    if deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    torch.use_deterministic_algorithms(bool(deterministic))
+    torch.backends.cudnn.deterministic = bool(deterministic)
+    torch.backends.cudnn.benchmark = False
+
+
+def out_of_memory(error, device=None):
+    """A description of ``device``'s memory when ``error`` is PyTorch running out of it, else None."""
+    text = str(error)
+    if not (isinstance(error, torch.OutOfMemoryError) or (isinstance(error, RuntimeError) and (
+            "out of memory" in text or "can't allocate memory" in text))):
+        return None
+    device = resolve_device(device) if not isinstance(device, torch.device) else device
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        free, total = torch.cuda.mem_get_info(device)
+        return "{} ({}): {:.1f} GiB free of {:.1f} GiB".format(device, torch.cuda.get_device_name(device),
+                                                              free / 2 ** 30, total / 2 ** 30)
+    from repro.engines import host_memory
+    return "cpu: {}".format(host_memory())
+
+
 @contextlib.contextmanager
 def attack_precision(precision, device):
-    """The attack loop's arithmetic; everything outside it stays float32 with TF32 off."""
+    """The attack loop's arithmetic, around its forward and backward passes; everything outside it stays float32
+    with TF32 off."""
     if precision == "tf32":
         set_tf32(True)
         try:
@@ -90,12 +124,14 @@ def attack_precision(precision, device):
 class RestoredNet:
     """A zoo network restored strictly from a checkpoint, on a device, without parameter gradients."""
 
-    def __init__(self, spec, checkpoint, precision="float32", device=None):
+    def __init__(self, spec, checkpoint, precision="float32", device=None, deterministic=True):
         threads = os.environ.get("REPRO_THREADS")
         if threads:
             torch.set_num_threads(int(threads))
         set_tf32(False)
         self.spec, self.precision, self.device = spec, precision, resolve_device(device)
+        self.deterministic = deterministic
+        set_determinism(deterministic, self.device)
         self.checkpoint = checkpoint if isinstance(checkpoint, checkpoints.Checkpoint) \
             else checkpoints.read_checkpoint(checkpoint)
         self.model = build(spec)
@@ -108,24 +144,28 @@ class RestoredNet:
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
 
     def pgd(self, clean, adversarial, targets, steps, epsilon_pixels, step_pixels):
-        """``steps`` targeted PGD steps (SPEC §3) from ``adversarial``; tensors in, tensor out. As
-        `repro.engines.tensorflow.attacks.pgd_targeted`: the gradient of the summed cross-entropy to the targets w.r.t. the
-        input, adv ← clip(adv − α·sign(∇), lo, hi), lo/hi = clip(x ∓ ε, −1, 1); the start is projected only
-        after the first step, and the result once more at the end (so 0 steps give the projected start). In
-        float16 the loss is scaled first (`repro.engines.FP16_LOSS_SCALE`), which leaves the signs as they are."""
+        """``steps`` targeted PGD steps (SPEC §3) from ``adversarial``; tensors in, (tensor, finite) out. As
+        `repro.engines.tensorflow.attacks.pgd_targeted`: the gradient of the summed cross-entropy to the targets
+        w.r.t. the input, adv ← clip(adv − α·sign(∇), lo, hi), lo/hi = clip(x ∓ ε, −1, 1); the start is projected
+        only after the first step, and the result once more at the end (so 0 steps give the projected start). In
+        float16 the loss is scaled first (`repro.engines.FP16_LOSS_SCALE`), which leaves the signs as they are.
+        ``finite`` is False when a loss or gradient was NaN or infinite at any step (checked on the device, read
+        once at the end): clipping would otherwise turn NaN into a bound and hide it."""
         scale = loss_scale(self.precision)
         epsilon, step = epsilon_pixels * IMAGE_SCALE, step_pixels * IMAGE_SCALE
         low, high = torch.clamp(clean - epsilon, -1.0, 1.0), torch.clamp(clean + epsilon, -1.0, 1.0)
+        finite = torch.isfinite(adversarial).all()
         for _ in range(steps):
             adversarial = adversarial.detach().requires_grad_(True)
             with attack_precision(self.precision, self.device):
                 logits = self.model(adversarial)
-            loss = F.cross_entropy(logits.float(), targets, reduction="sum")
-            if scale is not None:
-                loss = loss * scale
-            gradient, = torch.autograd.grad(loss, adversarial)
+                loss = F.cross_entropy(logits.float(), targets, reduction="sum")
+                if scale is not None:
+                    loss = loss * scale
+                gradient, = torch.autograd.grad(loss, adversarial)
+            finite = finite & torch.isfinite(loss) & torch.isfinite(gradient).all()
             adversarial = torch.minimum(torch.maximum(adversarial.detach() - step * torch.sign(gradient), low), high)
-        return torch.minimum(torch.maximum(adversarial.detach(), low), high)
+        return torch.minimum(torch.maximum(adversarial.detach(), low), high), bool(finite)
 
     def close(self):
         self.model = None
@@ -136,8 +176,8 @@ class RestoredNet:
 class TorchStudy(StudyFlow, RestoredNet):
     """The study of one model in PyTorch (the flow is `StudyFlow`'s)."""
 
-    def __init__(self, spec, checkpoint, config, precision="float32", device=None):
-        RestoredNet.__init__(self, spec, checkpoint, precision, device)
+    def __init__(self, spec, checkpoint, config, precision="float32", device=None, deterministic=True):
+        RestoredNet.__init__(self, spec, checkpoint, precision, device, deterministic)
         self.config = config
         self.taps = taps_for(spec, config.tap)
 
@@ -147,33 +187,41 @@ class TorchStudy(StudyFlow, RestoredNet):
 
     def attack_steps(self, clean, adversarial, targets, steps):
         config = self.config
-        result = self.pgd(self.tensor(clean), self.tensor(adversarial),
-                          torch.from_numpy(np.asarray(targets, np.int64)).to(self.device), steps, config.epsilon,
-                          config.step_size)
-        return result.cpu().numpy()
+        result, finite = self.pgd(self.tensor(clean), self.tensor(adversarial),
+                                  torch.from_numpy(np.asarray(targets, np.int64)).to(self.device), steps,
+                                  config.epsilon, config.step_size)
+        return result.cpu().numpy(), finite
 
     def measure(self, clean, random_noise, adversarial, feature_blocks=()):
+        """The tapped forward pass of [clean; random; adversarial]: each block's metrics are computed as soon as
+        its map exists (`ZooNet.forward`'s ``on_tap``), moved to the host, and the map let go — kept only for the
+        ``feature_blocks`` of the figure — so memory is that of a plain forward pass plus one block's metrics."""
         config, n = self.config, len(clean)
         names = {tap.name: tap for tap in self.taps}
+        values, features, clean_finite = {}, {}, []
+
+        def measure_block(name, maps):
+            tap = names[name]
+            parts = maps.split(n)
+            clean_finite.append(torch.isfinite(parts[0]).flatten(1).all(dim=1))
+            for perturbation, perturbed in zip(PERTURBATIONS, parts[1:]):
+                computed = torch_metrics.metric_values(parts[0], perturbed, config.metrics,
+                                                       data_range=config.ssim_data_range)
+                block = torch.stack([computed[metric] for metric in config.metrics]).cpu().numpy()
+                for metric, value in zip(config.metrics, block):
+                    values[(perturbation, metric, tap.block_index)] = value
+            if tap.block_index in feature_blocks:
+                features[tap.block_index] = maps.cpu().numpy()
+
         with torch.no_grad():
             clean_t = self.tensor(clean)
             randomised = torch.clamp(clean_t + self.tensor(random_noise) * (config.epsilon * IMAGE_SCALE), -1.0, 1.0)
-            logits, maps = self.model(torch.cat([clean_t, randomised, self.tensor(adversarial)]), taps=set(names))
+            logits = self.model(torch.cat([clean_t, randomised, self.tensor(adversarial)]), taps=set(names),
+                                on_tap=measure_block)
             predictions = logits.argmax(dim=1).cpu().numpy()
-            clean_finite = torch.isfinite(logits[:n]).all(dim=1)
-            values, features = {}, {}
-            for name, tap in names.items():
-                parts = maps[name].split(n)
-                clean_finite &= torch.isfinite(parts[0]).flatten(1).all(dim=1)
-                for perturbation, perturbed in zip(PERTURBATIONS, parts[1:]):
-                    computed = torch_metrics.metric_values(parts[0], perturbed, config.metrics,
-                                                           data_range=config.ssim_data_range)
-                    for metric, value in computed.items():
-                        values[(perturbation, metric, tap.block_index)] = value.cpu().numpy()
-                if tap.block_index in feature_blocks:
-                    features[tap.block_index] = maps[name].cpu().numpy()
+            finite = torch.stack([torch.isfinite(logits[:n]).all(dim=1)] + clean_finite).all(dim=0)
         return {"predictions": {name: predictions[i * n:(i + 1) * n] for i, name in enumerate(("clean",) + PERTURBATIONS)},
-                "values": values, "clean_finite": clean_finite.cpu().numpy(), "features": features}
+                "values": values, "clean_finite": finite.cpu().numpy(), "features": features}
 
 
 class TorchClassifier(RestoredNet):
@@ -211,22 +259,23 @@ class TorchAttackModel(RestoredNet):
             return self.model(self.tensor(to_model_space(images_bgr))).argmax(dim=1).cpu().numpy()
 
     def adversarial_predictions(self, clean, start, targets, steps, epsilon, step_size):
-        adversarial = self.pgd(self.tensor(clean), self.tensor(start),
-                               torch.from_numpy(np.asarray(targets, np.int64)).to(self.device), steps, epsilon, step_size)
+        adversarial, finite = self.pgd(self.tensor(clean), self.tensor(start),
+                                       torch.from_numpy(np.asarray(targets, np.int64)).to(self.device), steps, epsilon,
+                                       step_size)
         with torch.no_grad():
-            return self.model(adversarial).argmax(dim=1).cpu().numpy()
+            return self.model(adversarial).argmax(dim=1).cpu().numpy(), finite
 
 
-def study(spec, checkpoint, config, precision="float32", device=None):
-    return TorchStudy(spec, checkpoint, config, precision, device)
+def study(spec, checkpoint, config, precision="float32", device=None, deterministic=True):
+    return TorchStudy(spec, checkpoint, config, precision, device, deterministic)
 
 
-def classifier(spec, checkpoint, device=None):
-    return TorchClassifier(spec, checkpoint, device=device)
+def classifier(spec, checkpoint, device=None, deterministic=True):
+    return TorchClassifier(spec, checkpoint, device=device, deterministic=deterministic)
 
 
-def attack_model(spec, checkpoint, precision="float32", device=None):
-    return TorchAttackModel(spec, checkpoint, precision, device)
+def attack_model(spec, checkpoint, precision="float32", device=None, deterministic=True):
+    return TorchAttackModel(spec, checkpoint, precision, device, deterministic)
 
 
 def per_channel(metric, reference, perturbed, **options):
@@ -236,9 +285,10 @@ def per_channel(metric, reference, perturbed, **options):
     return values[metric].numpy()
 
 
-def describe(device=None):
+def describe(device=None, deterministic=True):
     device = resolve_device(device)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"framework": "torch " + torch.__version__, "device": "{} ({})".format(device, name),
             "tf32": bool(torch.backends.cuda.matmul.allow_tf32 or torch.backends.cudnn.allow_tf32),
-            "threads": torch.get_num_threads()}
+            "threads": torch.get_num_threads(),
+            "deterministic": bool(deterministic or device.type != "cuda")}

@@ -5,6 +5,10 @@ references): two (N, C, H, W) maps in, (N, C) float64 out, shared subexpressions
 UIQ window means by banded averaging matrices (L_H · X · L_Wᵀ, fast on GPUs; the TensorFlow kernels use
 XLA-compiled average pools, which sum in another order: the two agree to round-off). Tested against
 `repro.engines.tensorflow.metrics.per_channel` (tests/test_torch.py).
+
+Every metric is per channel, so the float64 work is done a few channels at a time (`CHUNK_ELEMENTS`): a block's
+maps are never copied whole into float64 (ResNet-152's first blocks hold 0.8 M values per image; their float64
+copies and intermediates took gigabytes per block at the README's batch sizes).
 """
 import math
 
@@ -181,8 +185,21 @@ KERNELS = {"frobenius": _frobenius, "mse": _mse, "sre": _sre, "ssim": _ssim, "sr
 OPTIONS = {"ssim": ("data_range", "win_size"), "psnr": ("data_range",), "uiq": ("window_size",)}
 
 
-def metric_values(reference, perturbed, metrics, **options):
-    """{metric: (N, C) float64 tensor} for two (N, C, H, W) maps; options as `repro.engines.tensorflow.metrics.metric_ops`."""
-    pair = ChannelPair(reference, perturbed)
-    return {name: KERNELS[name](pair, **{k: v for k, v in options.items() if k in OPTIONS.get(name, ())})
-            for name in metrics}
+CHUNK_ELEMENTS = 1 << 22
+"""Map values per chunk of channels: about 32 MB per float64 intermediate (SSIM keeps about ten)."""
+
+
+def metric_values(reference, perturbed, metrics, chunk_elements=CHUNK_ELEMENTS, **options):
+    """{metric: (N, C) float64 tensor} for two (N, C, H, W) maps; options as
+    `repro.engines.tensorflow.metrics.metric_ops`. Computed over chunks of channels of about ``chunk_elements``
+    values each (every metric is per channel, so the chunks are independent)."""
+    count, channels = reference.shape[:2]
+    step = max(1, chunk_elements // max(1, reference[0, 0].numel() * count))
+    parts = []
+    for start in range(0, channels, step):
+        pair = ChannelPair(reference[:, start:start + step], perturbed[:, start:start + step])
+        parts.append({name: KERNELS[name](pair, **{k: v for k, v in options.items() if k in OPTIONS.get(name, ())})
+                      for name in metrics})
+    if len(parts) == 1:
+        return parts[0]
+    return {name: torch.cat([part[name] for part in parts], dim=1) for name in metrics}

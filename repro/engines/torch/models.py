@@ -123,9 +123,11 @@ class Denoising(nn.Module):
         values = x.reshape(n, channels, positions)
         if self.softmax:
             # softmax_j(θ_iᵀφ_j / √d) x_j is attention with queries θ, keys φ, values x (scale 1/√d, the
-            # default): PyTorch's fused kernel, which on a GPU need not hold the HW×HW affinities in memory.
-            result = F.scaled_dot_product_attention(theta_flat.transpose(1, 2), phi_flat.transpose(1, 2),
-                                                    values.transpose(1, 2)).transpose(1, 2)   # [N, C, HW_i]
+            # default), one head: PyTorch's fused kernel. It takes 4-D (N, heads, HW, d) tensors — with 3-D ones
+            # the GPU backends fall back to the math path, which holds the HW×HW affinities — and on a GPU the
+            # memory-efficient backend never holds them (on the CPU the numbers are those of the 3-D call).
+            result = F.scaled_dot_product_attention(theta_flat.transpose(1, 2)[:, None], phi_flat.transpose(1, 2)[:, None],
+                                                    values.transpose(1, 2)[:, None])[:, 0].transpose(1, 2)  # [N, C, HW_i]
         elif channels > positions:
             affinity = theta_flat.transpose(1, 2) @ phi_flat                      # [N, HW_i, HW_j]
             result = values @ affinity.transpose(1, 2)                           # [N, C, HW_i]
@@ -144,7 +146,10 @@ class ZooNet(nn.Module):
     """A zoo network: BGR model-space NCHW images in [-1, 1] → logits, and on request the tapped maps.
 
     ``forward(x, taps=names)`` returns ``(logits, {name: tensor})`` for tap names as in the TensorFlow
-    graph: ``groupG/blockB/block_output``, ``groupG_denoise/add``, ``groupG/blockB/non_local/add``.
+    graph: ``groupG/blockB/block_output``, ``groupG_denoise/add``, ``groupG/blockB/non_local/add``. With
+    ``on_tap`` each tapped map is handed to ``on_tap(name, tensor)`` as soon as it exists instead, and only the
+    logits are returned: the study measures a block and lets its map go before the next one is computed, so
+    the tapped forward pass holds no more maps than a plain one.
     """
 
     def __init__(self, spec):
@@ -169,8 +174,15 @@ class ZooNet(nn.Module):
         self.linear.W = nn.Parameter(torch.randn(channels_in, arch.num_classes) * 0.01)
         self.linear.b = nn.Parameter(torch.zeros(arch.num_classes))
 
-    def forward(self, x, taps=()):
+    def forward(self, x, taps=(), on_tap=None):
         tapped = {}
+
+        def tap(name, value):
+            if name in taps:
+                if on_tap is None:
+                    tapped[name] = value
+                else:
+                    on_tap(name, value)
         x = self.conv0(x)
         if self.arch.stem_pool:
             x = max_pool_same(x)
@@ -180,19 +192,16 @@ class ZooNet(nn.Module):
                 module = getattr(group, "block{}".format(block))
                 x = module(x)
                 name = "group{}/block{}/".format(index, block)
-                if name + "block_output" in taps:
-                    tapped[name + "block_output"] = x
+                tap(name + "block_output", x)
                 if module.non_local is not None:
                     x = module.non_local(x)
-                    if name + "non_local/add" in taps:
-                        tapped[name + "non_local/add"] = x
+                    tap(name + "non_local/add", x)
             denoise = getattr(self, "group{}_denoise".format(index), None)
             if denoise is not None:
                 x = denoise(x)
-                if "group{}_denoise/add".format(index) in taps:
-                    tapped["group{}_denoise/add".format(index)] = x
+                tap("group{}_denoise/add".format(index), x)
         logits = torch.addmm(self.linear.b, x.mean(dim=(2, 3)), self.linear.W)
-        return (logits, tapped) if taps else logits
+        return (logits, tapped) if taps and on_tap is None else logits
 
     def variables(self):
         """(tensorpack name, tensorpack shape) of every parameter and buffer, in definition order."""
@@ -244,18 +253,24 @@ class RGBInput(nn.Module):
         return self.model(rgb.flip(1) * 2.0 - 1.0, **kwargs)
 
 
-def load_model(name, checkpoint=None, zoo="imagenet", input="bgr", device=None, depth=None):
+def load_model(name, checkpoint=None, zoo="imagenet", input="bgr", device=None, depth=None, tf32=False):
     """A zoo model with its checkpoint restored strictly, as an ``nn.Module`` in eval mode.
 
     ``checkpoint``: a path (default: the zoo's file, as the command-line tools find it). ``input``:
     ``"bgr"`` — NCHW BGR in [-1, 1], the released models' own input (SPEC §2) — or ``"rgb01"`` — NCHW
     RGB in [0, 1]. Raises `repro.checkpoints.CheckpointError` for a missing, damaged or mismatched file.
+
+    ``tf32``: PyTorch runs cuDNN convolutions in TF32 on Ampere and newer GPUs by default, which changes feature
+    maps by about 1e-3 relative; loading a model switches TF32 off (true float32, what the study's numbers use)
+    for the whole process unless ``tf32=True`` (PyTorch's switches: ``torch.backends.cuda.matmul.allow_tf32``,
+    ``torch.backends.cudnn.allow_tf32``).
     """
     from repro import checkpoints, cli, zoo as zoo_module
     if input not in ("bgr", "rgb01"):
         raise ValueError("input must be 'bgr' (BGR in [-1, 1]) or 'rgb01' (RGB in [0, 1]), got {!r}".format(input))
     spec = zoo_module.get_model(name, zoo, depth)
     path = cli.checkpoint_path(spec, checkpoint)
+    torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = bool(tf32)
     model = build(spec)
     restore(model, checkpoints.read_checkpoint(path), spec)
     model = RGBInput(model).eval() if input == "rgb01" else model
