@@ -186,7 +186,7 @@ def study(argv=None):
     summary as DataFrames, also written to ``--out``)."""
     from collections import defaultdict
 
-    from repro import checkpoints, runner
+    from repro import checkpoints, report, runner
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -251,6 +251,7 @@ def study(argv=None):
         "machine": runner.machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "wall_seconds": round(time.time() - started, 2), "timings_seconds": {k: round(v, 3) for k, v in timings.items()},
         "figures": [str(f) for f in figures]})
+    report.write_after_run(args.out)
     log.info("wrote %s (blocks.csv, images.csv, summary.csv, manifest.json, %d figure files)", args.out, len(figures))
     return StudyTables(blocks, images, summary)
 
