@@ -181,6 +181,8 @@ def embedded_data(run):
             "models": run["models"], "metrics": run["metrics"], "metricTitles": metric_titles(run["metrics"])}
     if images is not None and len(images) <= IMAGE_ROWS_EMBEDDED_AT_MOST:
         data["tables"]["images"] = table_json(images)
+    data["validation"] = [{"folder": result["folder"], "file": result["file"], "table": table_json(result["table"])}
+                          for result in run["validation"]]
     return data
 
 

@@ -132,7 +132,7 @@ def fabricate_run(folder, models=PAPER_MODELS, blocks=50, metrics=DEFAULT_METRIC
         contrasts = [row for model in models for row in contrasts_rows(rng, model, blocks, metrics, images)]
         pd.DataFrame(contrasts)[list(report.CONTRASTS_COLUMNS)].to_csv(folder / "contrasts.csv", index=False)
         denoising = [row for index, model in enumerate(models)
-                     for row in denoising_rows(rng, model, blocks, metrics, images, every=(0, 12, 1)[index % 3])]
+                     for row in denoising_rows(rng, model, blocks, metrics, images, every=(0, max(1, blocks // 4), 1)[index % 3])]
         pd.DataFrame(denoising)[list(report.DENOISING_COLUMNS)].to_csv(folder / "denoising.csv", index=False)
     if feature_maps:
         for model in models:
