@@ -81,7 +81,7 @@ def column_values(series):
     """One column as JSON values: missing cells (NaN, empty) become null, NumPy scalars plain numbers; floats
     keep every digit (JSON writes the shortest text that reads back as the same float)."""
     values = series.astype(object).where(series.notna(), None).tolist()
-    return [value.item() if hasattr(value, "item") else value for value in values] if len(values) else []
+    return [value.item() if hasattr(value, "item") else value for value in values]
 
 
 def table_json(table):

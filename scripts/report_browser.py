@@ -13,7 +13,7 @@ from pathlib import Path
 BROWSERS = ("chromium", "chromium-browser", "google-chrome")
 DRIVERS = ("chromedriver",)
 WINDOW = (1280, 1000)
-DRAWN_TIMEOUT_S = 30
+DRAWN_TIMEOUT_S = 15
 
 
 class BrowserUnavailable(RuntimeError):
