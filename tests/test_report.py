@@ -333,6 +333,13 @@ def test_offline_the_page_draws_every_figure_without_a_console_error(browser, mi
     assert drawn == [["blocks-figure", 4, 4]]           # curves and bands: 2 models × 2 perturbations
     images = browser.execute_script("return Array.from(document.images).map(image => image.naturalWidth)")
     assert len(images) == len(list(mini_run.glob("feature_maps_*.png"))) == 2 and min(images) > 100
+    browser.execute_script("document.getElementById('images-details').open = true")
+    deadline = time.monotonic() + 5
+    while browser.execute_script("return document.querySelectorAll('#images-table tbody tr').length") == 0:
+        assert time.monotonic() < deadline, "the per-image table was not built when opened"
+        time.sleep(0.02)
+    shown = browser.execute_script("return document.querySelectorAll('#images-table tbody tr').length")
+    assert shown == len(csv_rows(mini_run / "images.csv")) == 8
     shot = report_browser.screenshot(browser, tmp_path / "report.png")
     assert shot.stat().st_size > 20000
     print("\nscreenshot of the miniature run's report: {} (drawn after {:.2f} s)".format(shot, seconds))
@@ -386,6 +393,24 @@ def test_switching_the_metric_redraws_the_curves_with_that_metrics_numbers(brows
         assert edges[trace["name"] + " 95% low"] == [float(row["ci95_low"]) for row in rows]
         assert edges[trace["name"] + " 95% high"] == [float(row["ci95_high"]) for row in rows]
     assert report_browser.console_errors(browser) == []
+
+
+def test_a_models_legend_entry_hides_all_its_curves(browser, mini_run):
+    report_browser.open_page(browser, mini_run / report.REPORT_NAME)
+    toggle = browser.execute_script("""
+        const figure = document.getElementById('blocks-figure');
+        figure.scrollIntoView({block: 'center'});
+        const entry = Array.from(figure.querySelectorAll('.legend .traces'))
+            .find(item => item.textContent === 'ResNet · adversarial');
+        return entry.querySelector('.legendtoggle');""")
+    toggle.click()
+    hidden = "return document.getElementById('blocks-figure').data.filter(t => t.visible === 'legendonly')" \
+             ".map(t => t.legendgroup)"
+    deadline = time.monotonic() + 5
+    while not browser.execute_script(hidden):
+        assert time.monotonic() < deadline, "clicking the legend entry hid nothing"
+        time.sleep(0.02)
+    assert browser.execute_script(hidden) == ["ResNet"] * 6      # both curves and their bands' edges
 
 
 def test_the_contrast_and_denoising_figures_draw_their_tables_with_significance_marked(browser, fabricated):

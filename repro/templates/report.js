@@ -197,5 +197,11 @@
       if (details.open && !holder.firstChild) holder.appendChild(imagesTable());
     });
   }
+  // A printed page is narrower than the screen: redraw the figures at its width, and at the screen's after.
+  for (const event of ["beforeprint", "afterprint"]) {
+    window.addEventListener(event, () => {
+      document.querySelectorAll(".figure[data-table]").forEach((element) => Plotly.Plots.resize(element));
+    });
+  }
   window.reportDrawn = draw();
 })();
