@@ -76,6 +76,13 @@ def open_page(session, path):
         DRAWN_TIMEOUT_S, console_errors(session)))
 
 
+def first_contentful_paint(session):
+    """Seconds from navigation to the first paint of the page's text (the reader sees the page before its figures)."""
+    paints = session.execute_script("return performance.getEntriesByName('first-contentful-paint')"
+                                    ".map(entry => entry.startTime)")
+    return paints[0] / 1000.0 if paints else None
+
+
 def console_errors(session):
     """The console's SEVERE entries since the last call (JavaScript errors, failed loads)."""
     return [entry["message"] for entry in session.get_log("browser") if entry["level"] == "SEVERE"]
