@@ -212,6 +212,35 @@ def number(value, digits=4):
     return "{:.{}g}".format(value, digits) if isinstance(value, float) else str(value)
 
 
+def settings(manifest, models):
+    """The run's settings in words, as (label, text) sentences of the page's first paragraph, read off manifest.json
+    (what it lacks reads '?': a folder an older version wrote still gets its page)."""
+    config, engine, git = manifest.get("config", {}), manifest.get("engine", {}), manifest.get("git") or {}
+    data = config.get("data") or {}
+    zoos = sorted({str(model.get("zoo", "?")) for model in manifest.get("models", {}).values()}) or ["?"]
+    versions = ", ".join("{} {}".format(name, version) for name, version in manifest.get("packages", {}).items()
+                         if version)
+    return [
+        ("Models", "{} ({} zoo)".format(", ".join(models), ", ".join(zoos))),
+        ("Images", "{} per model ({})".format(manifest.get("images_selected", "?"),
+                                              data.get("dataset") or data.get("folder") or "?")),
+        ("Attack", "targeted PGD, ε = {}/255, {} steps of α = {}/255; random noise: {} in the same ε-ball; seed "
+                   "{}".format(number(config.get("epsilon", "?")), config.get("attack_iterations", "?"),
+                               number(config.get("step_size_used", config.get("attack_step_size", "?"))),
+                               config.get("noise", "?"), config.get("seed", "?"))),
+        ("Measured", "{} per channel of each block's {}, the clean image's map as the reference; averaged over "
+                     "channels, then images".format(", ".join(config.get("metrics", [])) or "?",
+                                                    config.get("tap", "?"))),
+        ("Engine", "{} on {}, precision {}".format(engine.get("framework", engine.get("engine", "?")),
+                                                   engine.get("device", "?"), engine.get("precision", "?"))),
+        ("Versions", "{}; git {}{}".format(versions or "?", (git.get("commit") or "?")[:12],
+                                           " (with uncommitted changes)" if git.get("dirty") else "")),
+        ("Run", "started {}, {} s{}".format(manifest.get("started", "?"), manifest.get("wall_seconds", "?"),
+                                            " (tables rebuilt with --aggregate-only)"
+                                            if manifest.get("aggregate_only") else "")),
+    ]
+
+
 def summary_rows(run):
     """summary.csv's rows, models in the page's order (the file sorts them by name)."""
     table = run["tables"]["summary"]
@@ -231,6 +260,7 @@ def render(run):
     rows = {"summary": summary_rows(run)} if "summary" in run["tables"] else {}
     return template.render(
         run=run, manifest=run["manifest"], rows=rows, title=run["folder"].resolve().name,
+        settings=settings(run["manifest"], run["models"]),
         data_json=Markup(script_json(embedded_data(run))),
         images_embedded=len(run["tables"].get("images", ())) <= IMAGE_ROWS_EMBEDDED_AT_MOST,
         optional={name: OPTIONAL_TABLES[name][0] for name in OPTIONAL_TABLES if name in run["tables"]},

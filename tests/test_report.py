@@ -190,12 +190,23 @@ def test_optional_tables_are_shown_when_present_and_left_out_silently_when_absen
     for name in ("contrasts", "denoising"):
         assert 'id="{}-figure"'.format(name) in page and '<a href="{}.csv">'.format(name) in page
     bare = shutil.copytree(folder, tmp_path / "bare")
-    for name in ("contrasts.csv", "denoising.csv", "report.html"):
+    for name in ("contrasts.csv", "denoising.csv", "report.html", "manifest.json"):
         (bare / name).unlink()
     page = report.write_report(bare).read_text()
     assert "contrasts-figure" not in page and "denoising-figure" not in page
+    assert "no manifest.json" in page
     assert set(embedded(bare / report.REPORT_NAME)["tables"]) == {"blocks", "summary", "images"}
     assert 'id="blocks-figure"' in page
+
+
+def test_the_settings_read_what_the_manifest_holds_and_a_question_mark_for_what_it_lacks(fabricated):
+    folder, _ = fabricated
+    manifest = json.loads((folder / "manifest.json").read_text())
+    said = dict(report.settings(manifest, ["ResNet"]))
+    assert said["Attack"].startswith("targeted PGD, ε = 16/255, 100 steps of α = 1/255")
+    assert said["Images"] == "5 per model (fabricated)"
+    assert dict(report.settings({}, ["ResNet"]))["Attack"] == \
+        "targeted PGD, ε = ?/255, ? steps of α = ?/255; random noise: ? in the same ε-ball; seed ?"
 
 
 def test_an_optional_table_without_the_columns_the_page_draws_is_refused_by_name(fabricated, tmp_path):

@@ -20,8 +20,8 @@
      ({column} or {column:d3-format} stand for that row's cell). */
   const FIGURES = {
     blocks: {series: ["model", "perturbation"], groupLines: true,
-             hover: ["block {block_index} · {tap}", "C×H×W {channels}×{height}×{width}", "mean {mean:.6g}", INTERVAL,
-                     "n {n_images} images · {n_values} channel values · {n_excluded} excluded"]},
+             hover: ["block {block_index} · {tap}", "C×H×W {channels}×{height}×{width}", "mean {mean:.6g}",
+                     INTERVAL, "n {n_images} images · {n_values} channel values · {n_excluded} excluded"]},
     contrasts: {series: ["model", "contrast"], marked: "significant", zeroLine: true,
                 hover: ["block {block_index} · {tap}", "C×H×W {channels}×{height}×{width}",
                         "mean difference {mean:.6g} (sd {sd:.4g})", INTERVAL].concat(STATISTICS)},
@@ -129,7 +129,8 @@
     const traces = [];
     let shapes = [];
     for (const each of oneModel ? [model] : REPORT.models) {
-      const kinds = distinct(rows(table, {model: each, metric: metric}, x).map((row) => table.data[spec.series[1]][row]));
+      const kinds = distinct(rows(table, {model: each, metric: metric}, x)
+        .map((row) => table.data[spec.series[1]][row]));
       for (const kind of kinds.sort()) {
         const selected = rows(table, {model: each, metric: metric, [spec.series[1]]: kind}, x);
         traces.push(...curveTraces(table, selected, x, spec, curveStyle(each, kind, oneModel)));
@@ -137,7 +138,8 @@
       }
     }
     if (spec.zeroLine) {
-      shapes.push({type: "line", xref: "paper", yref: "y", x0: 0, x1: 1, y0: 0, y1: 0, line: {color: "#444", width: 1}});
+      shapes.push({type: "line", xref: "paper", yref: "y", x0: 0, x1: 1, y0: 0, y1: 0,
+                   line: {color: "#444", width: 1}});
     }
     const title = REPORT.metricTitles[metric] || metric;
     const layout = {
@@ -147,8 +149,9 @@
                                      : "blocks before the final block (0 = final block)"},
               autorange: oneModel ? true : "reversed", zeroline: false},
       yaxis: {title: {text: title}, zeroline: false},
-      annotations: traces.length ? [] : [{text: "no rows for " + title + (oneModel ? " of " + model : "") + " in " + name + ".csv",
-                                         xref: "paper", yref: "paper", x: 0.5, y: 0.5, showarrow: false}],
+      annotations: traces.length ? [] : [{
+        text: "no rows for " + title + (oneModel ? " of " + model : "") + " in " + name + ".csv",
+        xref: "paper", yref: "paper", x: 0.5, y: 0.5, showarrow: false}],
     };
     return [traces, layout];
   }
