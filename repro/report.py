@@ -77,11 +77,19 @@ def read_optional_table(folder, name):
     return table
 
 
+def json_value(value):
+    """One cell as JSON: NumPy scalars as plain numbers, a missing cell (NaN, empty) as null, ±∞ — which JSON has
+    no number for — as the text the CSV file holds ("inf", "-inf"); floats keep every digit (JSON writes the
+    shortest text that reads back as the same float)."""
+    value = value.item() if hasattr(value, "item") else value
+    if isinstance(value, float) and not math.isfinite(value):
+        return None if math.isnan(value) else ("inf" if value > 0 else "-inf")
+    return value
+
+
 def column_values(series):
-    """One column as JSON values: missing cells (NaN, empty) become null, NumPy scalars plain numbers; floats
-    keep every digit (JSON writes the shortest text that reads back as the same float)."""
-    values = series.astype(object).where(series.notna(), None).tolist()
-    return [value.item() if hasattr(value, "item") else value for value in values]
+    """One column of a table as JSON values (`json_value`)."""
+    return [json_value(value) for value in series.astype(object).where(series.notna(), None).tolist()]
 
 
 def table_json(table):
@@ -173,13 +181,18 @@ def read_run(folder, validate=()):
             "validation": validation_results(validate)}
 
 
+def embeds_images(run):
+    """Whether the page holds images.csv (see IMAGE_ROWS_EMBEDDED_AT_MOST)."""
+    return "images" in run["tables"] and len(run["tables"]["images"]) <= IMAGE_ROWS_EMBEDDED_AT_MOST
+
+
 def embedded_data(run):
     """The JSON the page's script draws from: the tables' cells, the model and metric order, metric titles."""
     tables = dict(run["tables"])
     images = tables.pop("images", None)
     data = {"tables": {name: table_json(table) for name, table in tables.items()},
             "models": run["models"], "metrics": run["metrics"], "metricTitles": metric_titles(run["metrics"])}
-    if images is not None and len(images) <= IMAGE_ROWS_EMBEDDED_AT_MOST:
+    if embeds_images(run):
         data["tables"]["images"] = table_json(images)
     data["validation"] = [{"folder": result["folder"], "file": result["file"], "table": table_json(result["table"])}
                           for result in run["validation"]]
@@ -262,8 +275,7 @@ def render(run):
         run=run, manifest=run["manifest"], rows=rows, title=run["folder"].resolve().name,
         settings=settings(run["manifest"], run["models"]),
         data_json=Markup(script_json(embedded_data(run))),
-        images_embedded=len(run["tables"].get("images", ())) <= IMAGE_ROWS_EMBEDDED_AT_MOST,
-        optional={name: OPTIONAL_TABLES[name][0] for name in OPTIONAL_TABLES if name in run["tables"]},
+        images_embedded=embeds_images(run), optional=[name for name in OPTIONAL_TABLES if name in run["tables"]],
         style=Markup(template_text("report.css")),
         script=Markup(template_text("report.js")),
         plotly_js=Markup(plotly.offline.get_plotlyjs()))
@@ -280,7 +292,7 @@ def write_after_run(folder):
     be made is one line (`cli.RunFailed`, exit status 1) that says so, and how to make it later."""
     try:
         return write_report(folder)
-    except (cli.UsageError, OSError, ValueError, ImportError) as error:
+    except Exception as error:      # whatever stops the page, the run's results stand (REPRO_DEBUG: the traceback)
         raise cli.RunFailed("the study's tables and figures are in {0}, but its report.html could not be written "
                             "({1}: {2}); fix that and run `python -m repro report {0}`".format(
                                 folder, type(error).__name__, error)) from error

@@ -14,6 +14,7 @@ import sys
 import time
 from html.parser import HTMLParser
 
+import pandas as pd
 import pytest
 
 from repro import cli, report, zoo
@@ -108,6 +109,9 @@ def fabricated(tmp_path_factory):
     folder = bench_report.fabricate_run(tmp_path_factory.mktemp("fabricated") / "run",
                                         models=("ResNet", "ResNetDenoise", "ResNeXtDenoiseAll"), blocks=6,
                                         metrics=("ssim", "cka", "frobenius"), images=5)
+    contrasts = pd.read_csv(folder / "contrasts.csv")
+    contrasts.loc[0, "t"], contrasts.loc[1, "p_t"] = math.inf, math.nan     # cells JSON has no number for
+    contrasts.to_csv(folder / "contrasts.csv", index=False)
     validation = tmp_path_factory.mktemp("validation")
     rows = [dict(model="ResNet", zoo="mini", attack_iter=2, quantity="top1_error", n=20, count=6, measured=30.0,
                  ci95_low=14.547724486760431, ci95_high=51.89728183535235, published=31.0, tolerance=0.3,
