@@ -299,7 +299,9 @@ def write_after_run(folder):
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(prog="repro-report", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="repro-report", description=(
+        "Write report.html into a study's output folder: its tables, interactive per-block figures, feature maps "
+        "and settings on one self-contained page that opens in any browser with no network."))
     parser.add_argument("out", help="a study's output folder (evaluate's --out); report.html is written into it")
     parser.add_argument("--validate", nargs="+", default=[], metavar="DIR",
                         help="validate's --out folder(s): their results are shown on the page")
