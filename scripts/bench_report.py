@@ -191,6 +191,7 @@ def main(argv=None):
     parser.add_argument("--screenshot", help="save a screenshot of the page (palette PNG) to this file")
     parser.add_argument("--screenshot-height", type=int, default=1500)
     parser.add_argument("--markdown", help="append the results to this Markdown file")
+    parser.add_argument("--note", default="", help="a remark for the Markdown entry (e.g. what else ran)")
     args = parser.parse_args(argv)
     with tempfile.TemporaryDirectory() as scratch:
         if args.page:
@@ -220,7 +221,8 @@ def main(argv=None):
         print("screenshot: {} ({:.0f} kB)".format(args.screenshot, shrink_png(args.screenshot) / 1e3))
     if args.markdown:
         append_markdown(args.markdown, "report", "bench_report.py", argv, what + "; headless Chromium, offline, "
-                        "from disk; load = navigation to every figure drawn", table)
+                        "from disk, a new browser per load; load = navigation to every figure drawn" +
+                        ("; " + args.note if args.note else ""), table)
     return 0
 
 
