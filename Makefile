@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-nodeps.txt
 TORCH_STAMP := $(VENV)/.installed-torch-$(shell cat requirements-torch.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
-.PHONY: venv venv-torch test test-fast demo clean-venv
+.PHONY: venv venv-torch browser test test-fast demo clean-venv
 
 venv: $(STAMP)
 
@@ -28,10 +28,18 @@ $(STAMP): requirements.txt requirements-nodeps.txt
 	rm -f $(VENV)/.installed-[0-9]*
 	touch $@
 
-test: venv venv-torch
+# Headless Chromium and its driver for the report's browser test (tests/test_report.py), from the system packages
+# (Debian names); installed as root where missing. Elsewhere the test skips, or fails with REPRO_REQUIRE_BROWSER=1.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+		apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; \
+	else echo "note: the report's browser test needs chromium and chromedriver: apt-get install -y chromium chromium-driver (as root)" >&2; fi
+
+test: venv venv-torch browser
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
 
-test-fast: venv venv-torch
+test-fast: venv venv-torch browser
 	$(BIN)/python -m pytest -m "not slow" $(PYTEST_ARGS)
 
 demo: venv

@@ -1,11 +1,12 @@
 """``python -m repro <command> [options]``: the same commands as repro-evaluate, repro-validate,
-repro-predict and repro-download."""
+repro-predict, repro-download and repro-report."""
 import sys
 
 COMMANDS = {"evaluate": ("repro.evaluate", "the study: perturb, tap every block, measure"),
             "validate": ("repro.validation", "checkpoints against the published numbers"),
             "predict": ("repro.predict", "classify images"),
-            "download": ("repro.download", "download the released ImageNet checkpoints")}
+            "download": ("repro.download", "download the released ImageNet checkpoints"),
+            "report": ("repro.report", "a self-contained report.html of a study's output folder")}
 
 
 def main(argv=None):

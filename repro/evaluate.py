@@ -196,7 +196,7 @@ def study(argv=None):
     summary as DataFrames, also written to ``--out``)."""
     from collections import defaultdict
 
-    from repro import checkpoints, data, runner, scheduler
+    from repro import checkpoints, data, report, runner, scheduler
 
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
@@ -273,7 +273,7 @@ def study(argv=None):
                 shutil.copyfile(source, staging / name)
         timings["aggregation_and_figures"] += time.perf_counter() - began
         studied = int((images["error"].isna() | (images["error"] == "")).sum()) if len(images) else 0
-        outputs = runner.publish_outputs(args.out, staging, {
+        manifest = {
             "command": " ".join(sys.argv), "config": work.config, "models": {
                 spec.name: dict(models_in_tables(spec, tabled[spec.name]), clean_check=checks.get(spec.name))
                 for spec in specs},
@@ -286,10 +286,21 @@ def study(argv=None):
             "packages": runner.package_versions(), "git": runner.git_state(),
             "machine": runner.machine(), "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
             "wall_seconds": round(time.time() - started, 2),
-            "timings_seconds": {k: round(v, 3) for k, v in timings.items()}})
+            "timings_seconds": {k: round(v, 3) for k, v in timings.items()}}
+        # The report renders the staged set (its manifest without the file list, written aside for it) and is
+        # published with it; a report that cannot be made does not hold back the tables, and is then one line.
+        runner.write_manifest(staging, manifest)
+        report_failure = None
+        try:
+            report.write_after_run(staging, title=Path(args.out).resolve().name)
+        except cli.RunFailed as failure:
+            report_failure = cli.RunFailed(str(failure).replace(str(staging), str(args.out)))
+        outputs = runner.publish_outputs(args.out, staging, manifest)
     finally:
         shutil.rmtree(staging, ignore_errors=True)      # whatever stopped it, the previous outputs stay whole
-    log.info("wrote %s (%d files: tables, figures, manifest.json)", args.out, len(outputs) + 1)
+    log.info("wrote %s (%d files: tables, figures, report.html, manifest.json)", args.out, len(outputs) + 1)
+    if report_failure is not None:
+        raise report_failure
     return StudyTables(blocks, images, summary)
 
 

@@ -485,8 +485,8 @@ STAGING = ".incoming"
 """Where a run writes its tables and figures before they replace the previous ones (inside ``--out``, so that
 moving them is a rename on the same file system)."""
 
-OUTPUT_PATTERNS = ("blocks.csv", "images.csv", "summary.csv", "fig5_1_*.png", "fig5_1_*.pdf", "fig5_2.png",
-                   "fig5_2.pdf", "feature_maps_*.png", "feature_maps_*.pdf")
+OUTPUT_PATTERNS = ("blocks.csv", "images.csv", "summary.csv", "contrasts.csv", "denoising.csv", "report.html",
+                   "fig5_1_*.png", "fig5_1_*.pdf", "fig5_2.png", "fig5_2.pdf", "feature_maps_*.png", "feature_maps_*.pdf")
 """The files of ``--out`` that belong to a run's output set (besides those its manifest lists)."""
 
 
@@ -544,7 +544,7 @@ def publish_outputs(out, staging, manifest):
     reader sees either a complete set or no manifest (`verify_outputs` says which)."""
     import shutil
     out, staging = Path(out), Path(staging)
-    names = sorted(path.name for path in staging.iterdir() if path.is_file())
+    names = sorted(path.name for path in staging.iterdir() if path.is_file() and path.name != "manifest.json")
     manifest = dict(manifest, outputs={name: _file_sha256(staging / name) for name in names},
                     figures=[str(out / name) for name in names if name.endswith((".png", ".pdf"))])
     with deferred_signals():

@@ -40,8 +40,9 @@ def main(argv=None):
         "--batch", str(min(50, -(-args.images // args.workers))),          # one batch per worker and model
         "--out", args.out, "--visualize", str(args.visualize), "--workers", str(args.workers), *extra])
     if status == 0:
-        print("\nDone. Tables: {0}/blocks.csv, {0}/summary.csv, {0}/images.csv; figures: {0}/fig5_1_<model>.png, "
-              "{0}/fig5_2.png; feature maps: {0}/feature_maps_<model>.png; provenance: {0}/manifest.json".format(args.out))
+        print("\nDone. The study on one page: {0}/report.html (open it in a browser). Tables: {0}/blocks.csv, "
+              "{0}/summary.csv, {0}/images.csv; figures: {0}/fig5_1_<model>.png, {0}/fig5_2.png; feature maps: "
+              "{0}/feature_maps_<model>.png; provenance: {0}/manifest.json".format(args.out))
     return status
 
 

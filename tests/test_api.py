@@ -82,8 +82,8 @@ def test_help_lists_the_api_and_python_m_repro_runs_the_commands(tmp_path):
     text = pydoc.render_doc(repro)
     for name in ("load_model", "run_study", "validate", "repro-evaluate"):
         assert name in text
-    result = subprocess.run([sys.executable, "-m", "repro", "predict", "--zoo", "mini", "--model", "ResNet",
-                             "--input", str(zoo.REPO_ROOT / "docs"), "--output", str(tmp_path / "p.csv")],
+    result = subprocess.run([sys.executable, "-m", "repro", "predict", "--zoo", "mini", "--model", "ResNet", "--input",
+                             str(zoo.REPO_ROOT / "docs" / "fig5_2_mini.png"), "--output", str(tmp_path / "p.csv")],
                             cwd=str(tmp_path), capture_output=True, text=True, timeout=300,
                             env={"PYTHONPATH": str(zoo.REPO_ROOT), "PATH": "/usr/bin:/bin"})
     assert result.returncode == 0, result.stderr[-2000:]

@@ -1,4 +1,4 @@
-"""The README's first command, `make demo`, on fewer images and steps: tables and both figures appear."""
+"""The README's first command, `make demo`, on fewer images and steps: tables, both figures and the report appear."""
 import importlib.util
 import json
 
@@ -24,7 +24,7 @@ def test_demo_runs_the_study_on_the_miniature_zoo(tmp_path):
              for name in shipped}
     assert depth == {name: sum(zoo.MINI[name].arch.blocks_per_group) for name in shipped}
     assert (blocks.n_images == 8).all() and (blocks.height >= 7).all() and (blocks.width >= 7).all()
-    for name in ["fig5_2.png", "fig5_2.pdf", "summary.csv", "images.csv"] + \
+    for name in ["fig5_2.png", "fig5_2.pdf", "summary.csv", "images.csv", "report.html"] + \
             ["fig5_1_{}.png".format(m) for m in shipped] + ["feature_maps_{}.png".format(m) for m in shipped]:
         assert (out / name).stat().st_size > 0, name
     manifest = json.loads((out / "manifest.json").read_text())

@@ -1,5 +1,6 @@
 """The installable package: `pip install .` into a fresh virtual environment (the pinned requirements as
-constraints), then the miniature study from a folder outside the checkout, by command and by function."""
+constraints), then the miniature study from a folder outside the checkout, by command and by function, and its
+report (the page's template is package data)."""
 import os
 import subprocess
 import sys
@@ -40,11 +41,18 @@ def test_pip_install_then_the_study_outside_the_checkout_by_command_and_by_funct
                              capture_output=True, text=True, timeout=600)
     assert command.returncode == 0, command.stderr[-3000:]
     assert len(pd.read_csv(outside / "by-command" / "blocks.csv")) == 14 * 2 * 10
+    # The report's template ships as package data: the study writes its page, and repro-report writes it again.
+    page = outside / "by-command" / "report.html"
+    assert page.stat().st_size > 1_000_000 and 'id="blocks-figure"' in page.read_text()
+    page.unlink()
+    reported = subprocess.run([str(bin_dir / "repro-report"), "by-command"], cwd=str(outside), env=environment,
+                              capture_output=True, text=True, timeout=300)
+    assert reported.returncode == 0 and page.is_file(), reported.stderr[-3000:]
     function = subprocess.run([str(python), "-c", API_SCRIPT], cwd=str(outside), env=environment,
                               capture_output=True, text=True, timeout=600)
     assert function.returncode == 0, function.stderr[-3000:]
     assert "prediction" in function.stdout
-    for name in ("repro-validate", "repro-predict", "repro-download"):
+    for name in ("repro-validate", "repro-predict", "repro-download", "repro-report"):
         helped = subprocess.run([str(bin_dir / name), "--help"], cwd=str(outside), env=environment,
                                 capture_output=True, text=True, timeout=120)
         assert helped.returncode == 0 and "usage:" in helped.stdout, (name, helped.stderr[-1000:])

@@ -379,7 +379,7 @@ def test_torch_engine_runs_where_only_pytorch_is_installed(tmp_path):
         ["repro/validate.py", "--engine", "torch", "--zoo", "mini", "--model", "ResNet", "--limit", "20",
          "--out", str(tmp_path / "validate")],
         ["repro/predict.py", "--engine", "torch", "--zoo", "mini", "--model", "ResNet", "--input",
-         str(zoo.REPO_ROOT / "docs"), "--output", str(tmp_path / "p.csv")],
+         str(zoo.REPO_ROOT / "docs" / "fig5_2_mini.png"), "--output", str(tmp_path / "p.csv")],
         ["scripts/synthetic_checkpoint.py", "--engine", "torch", "--zoo", "mini", "--model", "ResNetDenoise",
          "--out", str(tmp_path / "synthetic.npz")],
     ]
@@ -389,6 +389,7 @@ def test_torch_engine_runs_where_only_pytorch_is_installed(tmp_path):
         assert result.returncode == 0, (command[0], result.stderr[-3000:])
     assert len(pd.read_csv(tmp_path / "study" / "blocks.csv")) > 0 and len(pd.read_csv(tmp_path / "p.csv")) == 1
     assert (tmp_path / "study" / "feature_maps_ResNeXtDenoiseAll.png").stat().st_size > 0
+    assert (tmp_path / "study" / "report.html").stat().st_size > 0          # the report needs no TensorFlow either
     assert checkpoints.read_checkpoint(tmp_path / "synthetic.npz").arrays
 
 
