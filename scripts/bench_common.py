@@ -40,3 +40,16 @@ def append_markdown(path, title, script, argv, description, table):
     with open(path, "a") as stream:
         stream.write("\n### {} — {}\n\n`python scripts/{} {}`; {}; {} ({} CPUs)\n\n{}\n".format(
             stamp, title, script, command, description, platform.platform(), os.cpu_count(), table))
+
+
+def synthetic_checkpoint_path(spec, scratch):
+    """A synthetic checkpoint of ``spec`` made in PyTorch (no TensorFlow needed), in $REPRO_SYNTHETIC_DIR when set
+    (so that the steps of scripts/gpu_check.sh make each one once), else in ``scratch``; reused when present."""
+    from pathlib import Path
+    folder = Path(os.environ.get("REPRO_SYNTHETIC_DIR") or scratch)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "{}-{}-synthetic.npz".format(spec.zoo, spec.name)
+    if not path.exists():
+        from repro.engines.torch.synthetic import write_synthetic_checkpoint
+        write_synthetic_checkpoint(spec, path)
+    return path

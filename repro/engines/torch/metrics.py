@@ -6,9 +6,9 @@ UIQ window means by banded averaging matrices (L_H · X · L_Wᵀ, fast on GPUs;
 XLA-compiled average pools, which sum in another order: the two agree to round-off). Tested against
 `repro.engines.tensorflow.metrics.per_channel` (tests/test_torch.py).
 
-Every metric is per channel, so the float64 work is done a few channels at a time (`CHUNK_ELEMENTS`): a block's
+Every metric is per channel, so the float64 work is done a few channels at a time (`chunk_size`): a block's
 maps are never copied whole into float64 (ResNet-152's first blocks hold 0.8 M values per image; their float64
-copies and intermediates took gigabytes per block at the README's batch sizes).
+copies and about ten intermediates took gigabytes per block at the README's batch sizes).
 """
 import math
 
@@ -185,16 +185,25 @@ KERNELS = {"frobenius": _frobenius, "mse": _mse, "sre": _sre, "ssim": _ssim, "sr
 OPTIONS = {"ssim": ("data_range", "win_size"), "psnr": ("data_range",), "uiq": ("window_size",)}
 
 
-CHUNK_ELEMENTS = 1 << 22
-"""Map values per chunk of channels: about 32 MB per float64 intermediate (SSIM keeps about ten)."""
+CHUNK_FRACTION = 64
+MIN_CHUNK_ELEMENTS = 1 << 16
 
 
-def metric_values(reference, perturbed, metrics, chunk_elements=CHUNK_ELEMENTS, **options):
+def chunk_size(shape, fraction=CHUNK_FRACTION, least=MIN_CHUNK_ELEMENTS):
+    """Channels per chunk for (N, C, H, W) maps: about 1/``fraction`` of a map's values (at least ``least``), so
+    that the float64 copies and SSIM's ten-odd intermediates of one chunk stay well below the float32 map itself
+    (which a plain forward pass holds anyway), however large or small the block; few chunks per block on a GPU."""
+    count, channels, height, width = shape
+    per_channel = max(1, count * height * width)
+    return max(1, min(channels, max(least, count * channels * height * width // fraction) // per_channel))
+
+
+def metric_values(reference, perturbed, metrics, chunk=None, **options):
     """{metric: (N, C) float64 tensor} for two (N, C, H, W) maps; options as
-    `repro.engines.tensorflow.metrics.metric_ops`. Computed over chunks of channels of about ``chunk_elements``
-    values each (every metric is per channel, so the chunks are independent)."""
-    count, channels = reference.shape[:2]
-    step = max(1, chunk_elements // max(1, reference[0, 0].numel() * count))
+    `repro.engines.tensorflow.metrics.metric_ops`. Computed over chunks of ``chunk`` channels (default
+    `chunk_size`); every metric is per channel, so the chunks are independent."""
+    channels = reference.shape[1]
+    step = chunk or chunk_size(tuple(reference.shape))
     parts = []
     for start in range(0, channels, step):
         pair = ChannelPair(reference[:, start:start + step], perturbed[:, start:start + step])
