@@ -51,13 +51,13 @@ step() {          # step NAME LIMIT COMMAND...: run it with a time limit, log it
     echo
 } > "$summary"
 
-step pytest_gpu 300 env REPRO_GPU_DEVICE="$DEVICE" "$PYTHON" -m pytest -q -p no:cacheprovider -rs tests/test_gpu.py
-tail -n 15 "$OUT/pytest_gpu.log" | sed 's/^/    /' >> "$summary"
+step pytest_gpu 210 env REPRO_GPU_DEVICE="$DEVICE" "$PYTHON" -m pytest -q -s -p no:cacheprovider -rs tests/test_gpu.py
+grep -E "^(ResNet|fp16|parts|FAILED|ERROR|SKIPPED|E  )|passed|failed" "$OUT/pytest_gpu.log" | tail -n 40 | sed 's/^/    /' >> "$summary"
 # shellcheck disable=SC2086
-step bench_memory 240 "$PYTHON" scripts/bench_memory.py --device "$DEVICE" --zoo mini $ZOO --model $MODELS \
+step bench_memory 110 "$PYTHON" scripts/bench_memory.py --device "$DEVICE" --zoo mini $ZOO --model $MODELS \
     --images "$MEMORY_IMAGES" --markdown "$summary" $([ "$DEVICE" = cpu ] || echo --check)
 # shellcheck disable=SC2086
-step bench_engines 480 "$PYTHON" scripts/bench_engines.py --model $MODELS --zoo "$ZOO" --device "$DEVICE" \
+step bench_engines 270 "$PYTHON" scripts/bench_engines.py --model $MODELS --zoo "$ZOO" --device "$DEVICE" \
     --images "$IMAGES" --steps "$STEPS" --precision float32 bf16 --markdown "$summary"
 echo >> "$summary"
 echo "gpu_check: $( [ $status = 0 ] && echo passed || echo 'a step failed (see the logs)' )" >> "$summary"
