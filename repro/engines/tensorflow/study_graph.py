@@ -61,23 +61,38 @@ class StudyGraph(StudyFlow, PrecisionMixin):
             # Per clean image: are its logits and all its tapped maps finite? (A damaged checkpoint must
             # stop the run, not leave every metric NaN and excluded.)
             clean_finite = [tf.reduce_all(tf.is_finite(logits[:batch]), axis=1)]
+            measured = []                       # per tap: the ops that finish its measurement
             for tap in self.taps:
                 features = self.graph.get_tensor_by_name(tap.tensor)
                 parts = [features[i * batch:(i + 1) * batch] for i in range(3)]
                 self.tap_tensors[tap.block_index] = features
                 clean_finite.append(tf.reduce_all(tf.is_finite(parts[0]), axis=[1, 2, 3]))
+                measured.append([clean_finite[-1].op])
                 for perturbation, perturbed in zip(PERTURBATIONS, parts[1:]):
                     ops = metric_ops_module.metric_ops(parts[0], perturbed, config.metrics,
                                                        data_range=config.ssim_data_range)
                     for metric, op in ops.items():
                         self.metric_values[(perturbation, metric, tap.block_index)] = op
+                        measured[-1].append(op.op)
             self.clean_finite = tf.reduce_all(tf.stack(clean_finite, axis=1), axis=1)
+        self._measure_as_the_maps_appear(measured)
 
         with tf.name_scope("attack"):
             self.attack = attack_in_graph(self.spec, self.precision, self.clean, self.adversarial, self.target,
                                           config.epsilon, config.step_size, self.steps)   # (adversarial, finite)
         with tf.name_scope("clean_check"):
             self.clean_logits_tensor = model(self.clean)
+
+    def _measure_as_the_maps_appear(self, measured):
+        """Memory bounded by the network, not by the taps: the forward pass may not run more than two blocks ahead
+        of the measurements. The ops that read tap b + 2 get the ops that finish tap b's metrics as control inputs
+        (added after the model is built: its ops keep the checkpoints' names), so TensorFlow cannot compute every
+        block first and hold all their maps while the metric functions, one at a time, catch up."""
+        tensors = [self.graph.get_tensor_by_name(tap.tensor) for tap in self.taps]
+        for index in range(2, len(tensors)):
+            for consumer in tensors[index].consumers():
+                if not consumer.name.startswith("metrics/"):
+                    consumer._add_control_inputs(measured[index - 2])   # noqa: SLF001  (TF1 graphs offer no public way)
 
     def clean_logits(self, clean):
         return self.session.run(self.clean_logits_tensor, {self.clean: clean})
