@@ -64,6 +64,13 @@ def _import_filtering_native_logs():
                 sys.stderr.flush()
 
 
+if os.environ.get("REPRO_THREADS"):
+    # $REPRO_THREADS (a worker's share of the cores) sizes the session's thread pools (`session.session_config`),
+    # but some kernels run on TensorFlow's process-wide pools, sized by these variables when TensorFlow starts: left
+    # at the default (every core), a "single-threaded" worker kept 1.7 cores busy, and two workers on 2 cores slowed
+    # each other by 1.5× (the demo's attack: 146 s per worker against 93 s alone).
+    os.environ.setdefault("TF_NUM_INTRAOP_THREADS", os.environ["REPRO_THREADS"])
+    os.environ.setdefault("TF_NUM_INTEROP_THREADS", os.environ["REPRO_THREADS"])
 _import_filtering_native_logs()
 
 import tensorflow as _tf  # noqa: E402
