@@ -28,7 +28,7 @@ from scipy import stats as scipy_stats
 from repro.fileio import atomic_write
 
 Z_95 = 1.959963984540054  # standard normal quantile at 0.975
-STATE_FORMAT_VERSION = 1
+STATE_FORMAT_VERSION = 2   # 2: each image's value per key (``image_values``), for paired statistics
 PERTURBATIONS = ("clean", "random", "adversarial")
 
 BLOCK_TABLE_COLUMNS = (
@@ -171,12 +171,17 @@ class BlockStatistics:
     def __init__(self, sources=()):
         self.records = {}
         self.sources = set(_validated_sources(sources))
+        # Each image's observation (its mean over finite channel values; NaN: none) per key, beside the moments,
+        # so that paired statistics (`contrasts_frame`) can be computed from committed batches: (model, image id)
+        # → {key: value}. Small: images × blocks × metrics.
+        self.image_values = {}
 
-    def add(self, model, perturbation, metric, block_index, values):
+    def add(self, model, perturbation, metric, block_index, values, image_ids=None):
         """Add an (N_images, C_channels) array of per-channel metric values for one block.
 
         Each image's observation is the mean of its finite channel values (the paper averages over
-        channels, then images); non-finite values are excluded and counted.
+        channels, then images); non-finite values are excluded and counted. With ``image_ids`` (one per row)
+        each image's observation is also kept, by image (`image_values`).
         """
         key = _validated_key(model, perturbation, metric, block_index)
         values = np.asarray(values, dtype=np.float64)
@@ -194,13 +199,26 @@ class BlockStatistics:
         record.n_values += int(finite.sum())
         record.n_images += values.shape[0]
         record.n_excluded += int(values.size - finite.sum())
+        if image_ids is not None:
+            if len(image_ids) != values.shape[0]:
+                raise ValueError(f"{len(image_ids)} image ids for {values.shape[0]} rows of {key}")
+            per_image = np.full(values.shape[0], np.nan)
+            per_image[has_value] = image_means
+            for image_id, value in zip(image_ids, per_image):
+                self.image_values.setdefault((model, int(image_id)), {})[key[1:]] = float(value)
         return self
 
-    def add_many(self, model, values_by_key):
+    def add_many(self, model, values_by_key, image_ids=None):
         """``add`` for a mapping {(perturbation, metric, block_index): (N, C) array} of one batch."""
         for (perturbation, metric, block_index), values in values_by_key.items():
-            self.add(model, perturbation, metric, block_index, values)
+            self.add(model, perturbation, metric, block_index, values, image_ids)
         return self
+
+    def per_image(self, model, perturbation, metric, block_index):
+        """{image id: its observation} of one key (NaN where it had no finite channel value)."""
+        key = (perturbation, metric, int(block_index))
+        return {image: values[key] for (name, image), values in self.image_values.items()
+                if name == model and key in values}
 
     def merge(self, other):
         """Fold another BlockStatistics into this one; returns self.
@@ -217,6 +235,10 @@ class BlockStatistics:
                 self.records[key].merge(record)
             else:
                 self.records[key] = record.copy()
+        for image, values in other.image_values.items():
+            if image in self.image_values and set(values) & set(self.image_values[image]):
+                raise ValueError(f"image {image} has values in both statistics: merging would count it twice")
+            self.image_values.setdefault(image, {}).update(values)
         self.sources |= other.sources
         return self
 
@@ -243,12 +265,28 @@ class BlockStatistics:
             "n_images": np.array([r.n_images for r in records], dtype=np.int64),
             "n_excluded": np.array([r.n_excluded for r in records], dtype=np.int64),
             "sources": np.array(sorted(self.sources), dtype=np.str_),
+            **self._image_state(),
         }
+
+    def _image_state(self):
+        """The per-image values as arrays: images (model, id), value keys, and an images × keys matrix (NaN
+        where an image has no value for a key)."""
+        images = sorted(self.image_values)
+        keys = sorted({key for values in self.image_values.values() for key in values})
+        column = {key: index for index, key in enumerate(keys)}
+        matrix = np.full((len(images), len(keys)), np.nan)
+        for row, image in enumerate(images):
+            for key, value in self.image_values[image].items():
+                matrix[row, column[key]] = value
+        return {"image_models": np.array([model for model, _ in images], dtype=np.str_),
+                "image_ids": np.array([image for _, image in images], dtype=np.int64),
+                "image_value_keys": np.array([json.dumps(list(key)) for key in keys], dtype=np.str_),
+                "image_values": matrix}
 
     @classmethod
     def from_state(cls, state):
         version = int(state["format_version"])
-        if version != STATE_FORMAT_VERSION:
+        if version not in (1, STATE_FORMAT_VERSION):
             raise ValueError(
                 f"statistics state has format version {version}, this code reads {STATE_FORMAT_VERSION}: "
                 "recompute it or load it with the matching version of repro")
@@ -261,6 +299,12 @@ class BlockStatistics:
             key = _validated_key(*json.loads(str(encoded)))
             statistics.records[key] = BlockRecord(
                 RunningMoments(count, mean, m2), int(n_values), int(n_images), int(n_excluded))
+        if version >= 2:
+            keys = [tuple(json.loads(str(encoded))) for encoded in np.asarray(state["image_value_keys"])]
+            matrix = np.asarray(state["image_values"], dtype=np.float64).reshape(len(state["image_ids"]), len(keys))
+            for model, image, row in zip(np.asarray(state["image_models"]), np.asarray(state["image_ids"]), matrix):
+                statistics.image_values[(str(model), int(image))] = {
+                    (key[0], key[1], int(key[2])): float(value) for key, value in zip(keys, row) if not np.isnan(value)}
         return statistics
 
     def save(self, path):
@@ -348,6 +392,91 @@ def blocks_frame(statistics, block_table):
     frame[integer_columns] = frame[integer_columns].astype(np.int64)
     frame[["mean", "std", "ci95_low", "ci95_high"]] = frame[["mean", "std", "ci95_low", "ci95_high"]].astype(np.float64)
     return frame.sort_values(["model", "perturbation", "metric", "block_index"], kind="stable").reset_index(drop=True)
+
+
+CONTRASTS_FRAME_COLUMNS = (
+    "model", "metric", "contrast", "block_index", "depth_from_end", "tap", "channels", "height", "width", "n",
+    "n_left_out", "mean", "sd", "ci95_low", "ci95_high", "t", "p_t", "p_t_holm", "wilcoxon_statistic", "p_wilcoxon",
+    "p_wilcoxon_holm", "significant",
+)
+SIGNIFICANCE = 0.05
+
+
+def holm(p_values):
+    """Holm's step-down adjustment (Holm 1979, Scand. J. Statist. 6:65) of a family of p-values: sorted
+    ascending, p_(i) becomes max_{j ≤ i} min(1, (m − j + 1) p_(j)), m the number of (non-NaN) p-values. NaN stays
+    NaN and does not count in m."""
+    p_values = np.asarray(p_values, dtype=np.float64)
+    adjusted = np.full(p_values.shape, np.nan)
+    present = np.flatnonzero(~np.isnan(p_values))
+    order = present[np.argsort(p_values[present], kind="stable")]
+    running, count = 0.0, len(order)
+    for rank, index in enumerate(order):
+        running = max(running, min(1.0, (count - rank) * p_values[index]))
+        adjusted[index] = running
+    return adjusted
+
+
+def paired_difference(after, before):
+    """Statistics of the paired differences d_i = after_i − before_i (SPEC §9): n, mean, sd, the 95% t interval,
+    the paired t-test (scipy's ``ttest_rel``) and the Wilcoxon signed-rank test (scipy's ``wilcoxon``, two-sided;
+    NaN where every difference is zero). NaN throughout below two pairs."""
+    after, before = np.asarray(after, dtype=np.float64), np.asarray(before, dtype=np.float64)
+    differences = after - before
+    n = len(differences)
+    result = dict(n=n, mean=math.nan, sd=math.nan, ci95_low=math.nan, ci95_high=math.nan, t=math.nan, p_t=math.nan,
+                  wilcoxon_statistic=math.nan, p_wilcoxon=math.nan)
+    if n == 0:
+        return result
+    result["mean"] = float(differences.mean())
+    if n < 2:
+        return result
+    sd = float(differences.std(ddof=1))
+    half = float(scipy_stats.t.ppf(0.975, n - 1)) * sd / math.sqrt(n)
+    result.update(sd=sd, ci95_low=result["mean"] - half, ci95_high=result["mean"] + half)
+    with np.errstate(all="ignore"):
+        test = scipy_stats.ttest_rel(after, before)
+    result.update(t=float(test.statistic), p_t=float(test.pvalue))
+    if np.any(differences != 0):
+        test = scipy_stats.wilcoxon(after, before)
+        result.update(wilcoxon_statistic=float(test.statistic), p_wilcoxon=float(test.pvalue))
+    return result
+
+
+def contrasts_frame(statistics, block_table):
+    """The paired contrast adversarial − random per model × metric × block (SPEC §9): for each image, its
+    adversarial minus its random observation at the block (each the image's mean over finite channel values, as in
+    blocks.csv); an image missing either is left out and counted (``n_left_out``). Holm's adjustment runs over the
+    blocks of one model and metric; ``significant``: Holm-adjusted paired t-test p < 0.05. Columns:
+    CONTRASTS_FRAME_COLUMNS."""
+    table = _as_frame(block_table, BLOCK_TABLE_COLUMNS, "block_table")
+    blocks = {(row.model, int(row.block_index)): row for row in table.itertuples(index=False)}
+    images = {}
+    for (model, image), values in statistics.image_values.items():
+        images.setdefault(model, []).append(values)
+    rows = []
+    families = sorted({(model, metric) for model, _, metric, _ in statistics.keys() if model in images})
+    for model, metric in families:
+        family = []
+        for block_index in sorted({key[3] for key in statistics.keys() if key[0] == model and key[2] == metric}):
+            pairs = [(values[("adversarial", metric, block_index)], values[("random", metric, block_index)])
+                     for values in images[model]
+                     if ("adversarial", metric, block_index) in values and ("random", metric, block_index) in values]
+            after, before = (np.array([pair[k] for pair in pairs]) for k in (0, 1))
+            block = blocks[(model, block_index)]
+            family.append(dict(
+                model=model, metric=metric, contrast="adversarial-random", block_index=block_index,
+                depth_from_end=int(block.depth_from_end), tap=str(block.tap), channels=int(block.channels),
+                height=int(block.height), width=int(block.width), n_left_out=len(images[model]) - len(pairs),
+                **paired_difference(after, before)))
+        for test in ("p_t", "p_wilcoxon"):
+            for row, adjusted in zip(family, holm([row[test] for row in family])):
+                row[test + "_holm"] = adjusted
+        for row in family:
+            row["significant"] = bool(row["p_t_holm"] < SIGNIFICANCE)
+        rows += family
+    frame = pd.DataFrame(rows, columns=list(CONTRASTS_FRAME_COLUMNS))
+    return frame.sort_values(["model", "metric", "block_index"], kind="stable").reset_index(drop=True)
 
 
 def wilson_interval(successes, n, z=Z_95):

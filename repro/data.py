@@ -233,9 +233,13 @@ def _walk_image_files(directory, others=None):
 # ------------------------------------------------------------------------------ ImageNet validation
 
 def check_outside_data(path, data_dir, option="--out"):
-    """Refuse an output folder inside the data folder: its figures (PNG) would be read as images of the data
-    on the next run. Raises ValueError naming both."""
-    path, data = Path(path).resolve(), Path(data_dir).resolve()
+    """Refuse an output folder inside the validation folder that is read (`find_imagenet_val`): its figures (PNG)
+    would be read as images of the data on the next run. Raises ValueError naming both."""
+    try:
+        data = find_imagenet_val(data_dir).resolve()
+    except ValueError:
+        data = Path(data_dir).resolve()
+    path = Path(path).resolve()
     if path == data or data in path.parents:
         raise ValueError(f"{option} {path} is inside the data folder {data}: its files would be taken for images "
                          f"of the data; choose an {option} outside it")

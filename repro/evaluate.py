@@ -265,9 +265,9 @@ def study(argv=None):
     began = time.perf_counter()
     staging = runner.staging_folder(args.out)
     try:
-        blocks, images, summary = runner.write_tables(work, {name: list(done) for name, done in tabled.items()},
-                                                      staging)
-        runner.write_figures(blocks, [s.name for s in specs], staging, config.metrics)
+        blocks, images, summary, contrasts = runner.write_tables(
+            work, {name: list(done) for name, done in tabled.items()}, staging)
+        runner.write_figures(blocks, [s.name for s in specs], staging, config.metrics, contrasts)
         for spec in specs:
             for name, source in scheduler.feature_map_figures(work, spec.name, tabled[spec.name]).items():
                 shutil.copyfile(source, staging / name)

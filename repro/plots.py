@@ -417,3 +417,50 @@ def _shared_limits(maps):
 def plot_feature_maps(panels, out_stem, title=None):
     """Build the feature-map figure and write it as ``out_stem.png`` and ``out_stem.pdf``."""
     return save_figure(build_feature_maps_figure(panels, title), out_stem)
+
+
+def build_contrasts_figure(contrasts_df, metrics, column="mean", significant="significant",
+                           xlabel="blocks before the end of the network (0 = final block)",
+                           ylabel="adversarial − random, per image", width=COLUMN_WIDTH_INCHES):
+    """The paired contrasts (`repro.aggregate.contrasts_frame`, or the denoising effects of
+    `repro.aggregate.denoising_frame`): per metric a panel, per model the mean paired difference at each block with
+    its 95% t interval, aligned at the final block as Fig. 5.2; filled markers where the Holm-adjusted paired t-test
+    is significant (p < 0.05), open ones elsewhere; a zero line."""
+    metrics = [metric for metric in metrics if (contrasts_df["metric"] == metric).any()]
+    models = ordered_models(contrasts_df["model"].unique())
+    colours = {model: MODEL_COLOURS[i % len(MODEL_COLOURS)] for i, model in enumerate(models)}
+    with matplotlib.rc_context(PAPER_STYLE):
+        n_rows = max(1, math.ceil(len(metrics) / 2))
+        figure = _new_figure(width, 0.7 + 1.35 * n_rows)
+        axes = _panel_grid(figure, max(1, len(metrics)))
+        for index, (axis, metric, title) in enumerate(zip(axes, metrics, _panel_titles(metrics, None))):
+            _label_panel(axis, index, title, metric)
+            axis.axhline(0.0, color="0.6", linewidth=0.5)
+            for model in models:
+                rows = contrasts_df[(contrasts_df["model"] == model) & (contrasts_df["metric"] == metric)]
+                rows = rows.sort_values("depth_from_end", ascending=False)
+                if rows.empty:
+                    continue
+                x = -rows["depth_from_end"].to_numpy()
+                axis.fill_between(x, _as_float(rows["ci95_low"]), _as_float(rows["ci95_high"]), color=colours[model],
+                                  alpha=0.15, linewidth=0)
+                axis.plot(x, _as_float(rows[column]), color=colours[model], linewidth=0.9, label=model)
+                marked = rows[significant].astype(bool).to_numpy()
+                axis.plot(x[marked], _as_float(rows[column])[marked], "o", color=colours[model], markersize=2.5,
+                          gid=f"significant_{model}")
+                axis.plot(x[~marked], _as_float(rows[column])[~marked], "o", markerfacecolor="none",
+                          color=colours[model], markersize=2.5, markeredgewidth=0.5)
+            axis.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
+        figure.supxlabel(xlabel)
+        figure.supylabel(ylabel)
+        handles = [Line2D([], [], color=colours[model], label=model) for model in models]
+        handles += [Line2D([], [], marker="o", linestyle="", color="0.2", markersize=3, label="Holm p < 0.05"),
+                    Line2D([], [], marker="o", linestyle="", markerfacecolor="none", color="0.2", markersize=3,
+                           label="not significant")]
+        _legend_in_rows(figure, [handles], max_columns=4)
+    return figure
+
+
+def plot_contrasts_figure(contrasts_df, out_stem, metrics, **options):
+    """Build the contrasts figure and write it as ``out_stem.png`` and ``out_stem.pdf``."""
+    return save_figure(build_contrasts_figure(contrasts_df, metrics, **options), out_stem)

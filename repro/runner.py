@@ -323,7 +323,7 @@ def batch_statistics(model, first, last, result):
     from repro import aggregate
     statistics = aggregate.BlockStatistics(sources=["{}:{}-{}".format(model, first, last)])
     if result is not None and len(result.image_ids):
-        statistics.add_many(model, result.values)
+        statistics.add_many(model, result.values, image_ids=result.image_ids)
     return statistics
 
 
@@ -446,13 +446,15 @@ def write_tables(work, batches, out):
         tables.extend(work.block_table(model))
         records.extend(pd.read_csv(csv) for csv, _, _ in files)
     blocks = aggregate.blocks_frame(statistics, tables)
+    contrasts = aggregate.contrasts_frame(statistics, tables)
     images = pd.concat(records, ignore_index=True) if records else pd.DataFrame()
     classified = images[images["error"].isna() | (images["error"] == "")] if len(images) else images
     summary = aggregate.summary_frame(classified.drop(columns=["path", "error"])) if len(classified) else pd.DataFrame()
     atomic_write_text(out / "blocks.csv", blocks.to_csv(index=False))
     atomic_write_text(out / "images.csv", images.to_csv(index=False))
     atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
-    return blocks, images, summary
+    atomic_write_text(out / "contrasts.csv", contrasts.to_csv(index=False))
+    return blocks, images, summary, contrasts
 
 
 def figure_metrics(metrics):
@@ -463,7 +465,7 @@ def figure_metrics(metrics):
     return tuple(chosen or list(metrics)[:4])
 
 
-def write_figures(blocks, models, out, metrics):
+def write_figures(blocks, models, out, metrics, contrasts=None):
     from repro import plots
     out = Path(out)
     written = []
@@ -471,6 +473,8 @@ def write_figures(blocks, models, out, metrics):
     for model in models:
         written += plots.plot_model_figure(blocks, model, out / "fig5_1_{}".format(model), metrics=metrics)
     written += plots.plot_models_figure(blocks, out / "fig5_2", metrics=metrics, models=models)
+    if contrasts is not None and len(contrasts):
+        written += plots.plot_contrasts_figure(contrasts, out / "contrasts", metrics)
     return written
 
 
@@ -486,7 +490,8 @@ STAGING = ".incoming"
 moving them is a rename on the same file system)."""
 
 OUTPUT_PATTERNS = ("blocks.csv", "images.csv", "summary.csv", "contrasts.csv", "denoising.csv", "report.html",
-                   "fig5_1_*.png", "fig5_1_*.pdf", "fig5_2.png", "fig5_2.pdf", "feature_maps_*.png", "feature_maps_*.pdf")
+                   "fig5_1_*.png", "fig5_1_*.pdf", "fig5_2.png", "fig5_2.pdf", "feature_maps_*.png", "feature_maps_*.pdf",
+                   "contrasts.png", "contrasts.pdf", "denoising.png", "denoising.pdf")
 """The files of ``--out`` that belong to a run's output set (besides those its manifest lists)."""
 
 

@@ -358,3 +358,46 @@ def test_summary_frame_rejects_duplicates_and_inconsistent_success():
         summary_frame(images)
     with pytest.raises(ValueError, match="lacks columns"):
         summary_frame(images.drop(columns="target"))
+
+
+# --- paired statistics -------------------------------------------------------------------------------------
+
+def test_holm_matches_a_textbook_example():
+    """Holm (1979) on four p-values: sorted 0.005, 0.01, 0.03, 0.04 → ×4, ×3, ×2, ×1 = 0.02, 0.03, 0.06, 0.04,
+    made monotone (0.04 → 0.06); a NaN is neither adjusted nor counted."""
+    from repro.aggregate import holm
+    np.testing.assert_allclose(holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02])
+    adjusted = holm([0.01, np.nan, 0.04])
+    assert np.isnan(adjusted[1]) and np.allclose(adjusted[[0, 2]], [0.02, 0.04])
+    assert holm([0.6, 0.7]).tolist() == [1.0, 1.0]
+
+
+def test_paired_differences_are_scipys_tests():
+    from scipy import stats
+
+    from repro.aggregate import paired_difference
+    rng = np.random.default_rng(3)
+    before = rng.normal(size=30)
+    after = before + 0.3 + rng.normal(scale=0.5, size=30)
+    result = paired_difference(after, before)
+    t = stats.ttest_rel(after, before)
+    w = stats.wilcoxon(after, before)
+    assert result["n"] == 30 and result["mean"] == pytest.approx(np.mean(after - before))
+    assert (result["t"], result["p_t"]) == pytest.approx((t.statistic, t.pvalue))
+    assert (result["wilcoxon_statistic"], result["p_wilcoxon"]) == pytest.approx((w.statistic, w.pvalue))
+    half = stats.t.ppf(0.975, 29) * np.std(after - before, ddof=1) / np.sqrt(30)
+    assert (result["ci95_low"], result["ci95_high"]) == pytest.approx((result["mean"] - half, result["mean"] + half))
+    same = paired_difference(before, before)
+    assert same["mean"] == 0 and np.isnan(same["p_wilcoxon"])
+    assert np.isnan(paired_difference([1.0], [0.0])["sd"])
+
+
+def test_per_image_values_survive_saving_and_merging(tmp_path):
+    first = BlockStatistics(sources=["a"]).add("M", "random", "mse", 1, [[1.0, 3.0], [np.nan, np.nan]],
+                                               image_ids=[0, 1])
+    second = BlockStatistics(sources=["b"]).add("M", "random", "mse", 1, [[5.0, np.inf]], image_ids=[2])
+    first.save(tmp_path / "a.npz")
+    merged = BlockStatistics.load(tmp_path / "a.npz").merge(second)
+    assert merged.per_image("M", "random", "mse", 1) == {0: 2.0, 2: 5.0}        # image 1: no finite value
+    with pytest.raises(ValueError, match="has values in both statistics"):
+        merged.merge(BlockStatistics(sources=["c"]).add("M", "random", "mse", 1, [[1.0]], image_ids=[2]))

@@ -625,9 +625,10 @@ def test_a_failed_start_leaves_a_finished_out_byte_for_byte_unchanged(setup, fir
         assert run(base, out, *extra) == status, extra
         assert message in one_error_line(capsys.readouterr().err), extra
         assert snapshot(out) == before, extra
-    inside = base / "data" / "val" / "results"
+    inside = sorted((base / "data" / "val").iterdir())[0] / "results"        # in a class folder
     assert run(base, inside) == 2 and not inside.exists()
-    assert "is inside the data folder {}".format((base / "data").resolve()) in one_error_line(capsys.readouterr().err)
+    assert "is inside the data folder {}".format((base / "data" / "val").resolve()) in one_error_line(
+        capsys.readouterr().err)
     assert run(base, out) == 0                                                   # the corrected command
 
 
@@ -785,3 +786,50 @@ def test_the_manifest_records_weights_of_another_precision(setup, tmp_path, capl
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["models"]["TinyResNet"]["weights_dtypes"] == {"float16": len(arrays)}
     assert "{} of {} variable(s) are float16".format(len(arrays), len(arrays)) in caplog.text
+
+
+# --- From curves to findings -----------------------------------------------------------------------------
+
+def test_contrasts_csv_is_scipys_paired_tests_on_the_per_image_values_in_the_batches(tmp_path):
+    """Through the command line on a miniature run: every row of contrasts.csv equals scipy's ttest_rel and
+    wilcoxon on the per-image values read straight from the batch files, with Holm's adjustment computed here
+    by hand over the blocks; the same per-image values average to blocks.csv; --aggregate-only rebuilds it."""
+    from scipy import stats
+    out, count = tmp_path / "out", 12
+    argv = ["--zoo", "mini", "--model", "ResNet", "--images", str(count), "--batch", "4", "--attack-iter", "3",
+            "--metrics", "mse,ssim", "--out", str(out)]
+    assert cli.run_main(evaluate.main, argv) == 0
+    contrasts, blocks = pd.read_csv(out / "contrasts.csv"), pd.read_csv(out / "blocks.csv")
+    values = {}
+    for path in sorted((out / "work" / "ResNet").glob("batch-*.npz")):
+        with np.load(path, allow_pickle=False) as npz:
+            keys = [tuple(json.loads(str(key))) for key in npz["image_value_keys"]]
+            for image, row in zip(npz["image_ids"], npz["image_values"]):
+                values.update({(int(image),) + tuple(key): value for key, value in zip(keys, row)})
+    assert len(contrasts) == 2 * 14 and set(contrasts.contrast) == {"adversarial-random"}
+    for metric in ("mse", "ssim"):
+        rows = contrasts[contrasts.metric == metric].sort_values("block_index")
+        p_values = []
+        for row in rows.itertuples():
+            adversarial, random = (np.array([values.get((i, p, metric, row.block_index), np.nan) for i in range(count)])
+                                   for p in ("adversarial", "random"))
+            both = np.isfinite(adversarial) & np.isfinite(random)
+            t, w = stats.ttest_rel(adversarial[both], random[both]), stats.wilcoxon(adversarial[both], random[both])
+            assert (row.n, row.n_left_out) == (both.sum(), count - both.sum())
+            assert row.mean == pytest.approx(np.mean(adversarial[both] - random[both]), rel=1e-12)
+            assert (row.t, row.p_t) == pytest.approx((t.statistic, t.pvalue), rel=1e-9)
+            assert (row.wilcoxon_statistic, row.p_wilcoxon) == pytest.approx((w.statistic, w.pvalue), rel=1e-9)
+            in_blocks = blocks[(blocks.metric == metric) & (blocks.block_index == row.block_index)]
+            for perturbation, per_image in (("adversarial", adversarial), ("random", random)):
+                mean = in_blocks[in_blocks.perturbation == perturbation]["mean"].iloc[0]
+                assert mean == pytest.approx(np.nanmean(per_image), rel=1e-12)
+            p_values.append(t.pvalue)
+        order, adjusted, running = np.argsort(p_values), np.empty(len(p_values)), 0.0
+        for rank, index in enumerate(order):                          # Holm, step down
+            running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+            adjusted[index] = running
+        np.testing.assert_allclose(rows.p_t_holm, adjusted, rtol=1e-9)
+        assert (rows.significant == (rows.p_t_holm < 0.05)).all()
+    before = (out / "contrasts.csv").read_bytes()
+    assert cli.run_main(evaluate.main, argv + ["--aggregate-only"]) == 0
+    assert (out / "contrasts.csv").read_bytes() == before
