@@ -39,12 +39,14 @@ def metric_list(text):
         return protocol.DEFAULT_METRICS
     if text == "paper":
         return protocol.PAPER_METRICS
+    if text == "extended":
+        return protocol.EXTENDED_METRICS
     if text == "all":
         return protocol.METRIC_NAMES
     names = tuple(name.strip() for name in text.split(",") if name.strip())
     unknown = [name for name in names if name not in protocol.METRIC_NAMES]
     if unknown or not names:
-        raise argparse.ArgumentTypeError("unknown metric(s) {}: choose from {} (or default, paper, all)".format(
+        raise argparse.ArgumentTypeError("unknown metric(s) {}: choose from {} (or default, paper, extended, all)".format(
             ", ".join(unknown) or repr(text), ", ".join(protocol.METRIC_NAMES)))
     return names
 
@@ -114,7 +116,8 @@ def parse_args(argv=None):
                              "models) the output of the denoising block that follows it")
     parser.add_argument("--metrics", type=metric_list, default="default",
                         help="comma-separated metric names, or 'default' (the paper's frobenius, mse, sre, ssim "
-                             "+ sre_eq, psnr, rmse, uiq, cosine, rel_l2), 'paper', 'all' (+ slow fsim, issm)")
+                             "+ sre_eq, psnr, rmse, uiq, cosine, rel_l2), 'paper', 'extended' (default + the whole-map "
+                             "amplification and linear CKA), 'all' (+ slow fsim, issm)")
     parser.add_argument("--ssim-data-range", type=data_range, default=2.0,
                         help="SSIM/PSNR data range: a number (2.0 = what the paper's skimage used for float "
                              "maps) or 'reference' (each clean map's max − min)")

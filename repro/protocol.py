@@ -24,7 +24,18 @@ SLOW_METRICS = ("fsim", "issm")
 """Metrics the paper suggests as future work (§8), computed by image-similarity-measures one channel
 at a time in NumPy (tens of milliseconds per channel): opt-in only."""
 
-METRIC_NAMES = DEFAULT_METRICS + SLOW_METRICS
+PER_IMAGE_METRICS = ("amplification", "cka")
+"""Whole-map measures, one value per image and block (SPEC §9; the engines give an (N, 1) array):
+- ``amplification``: the error amplification of Liao et al. (CVPR 2018), (‖f(x′) − f(x)‖_F / ‖f(x)‖_F) /
+  (‖x′ − x‖_F / ‖x‖_F) over the whole map, inputs in model space — the engines compute the numerator
+  (``map_relative_change``), `StudyFlow.run_batch` divides by the input's;
+- ``cka``: linear CKA (Kornblith et al., ICML 2019) between the clean and the perturbed map, positions as samples
+  and channels as features; NaN for a map constant over positions."""
+
+EXTENDED_METRICS = DEFAULT_METRICS + PER_IMAGE_METRICS
+"""``--metrics extended``: the default metrics and the whole-map ones."""
+
+METRIC_NAMES = DEFAULT_METRICS + PER_IMAGE_METRICS + SLOW_METRICS
 
 # SSIM constants of Wang et al. 2004, as skimage's structural_similarity uses them.
 SSIM_K1 = 0.01
@@ -154,6 +165,14 @@ def random_targets(labels, offsets, num_classes=1000):
     return (np.asarray(labels, np.int64) + np.asarray(offsets, np.int64)) % num_classes
 
 
+def relative_change(reference, perturbed):
+    """‖x′ − x‖_F / ‖x‖_F of each image (the first axis), in float64: the denominator of the amplification."""
+    reference = np.asarray(reference, np.float64).reshape(len(reference), -1)
+    difference = np.asarray(perturbed, np.float64).reshape(len(reference), -1) - reference
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.linalg.norm(difference, axis=1) / np.linalg.norm(reference, axis=1)
+
+
 def perturbation_draws(seed, image_ids, image_shape, num_classes=1000, noise="uniform"):
     """Per-image random draws, keyed by (seed, image id) and independent of batching.
 
@@ -232,6 +251,13 @@ class StudyFlow:
         began = time.perf_counter()
         out = self.measure(clean, draws["random"], adversarial, tuple(feature_blocks))
         timings["taps_metrics"] = time.perf_counter() - began
+        if "amplification" in config.metrics:
+            randomised = np.clip(clean + draws["random"] * np.float32(config.epsilon * 2.0 / 255), -1.0, 1.0)
+            for perturbation, perturbed in (("random", randomised), ("adversarial", adversarial)):
+                input_change = relative_change(clean, perturbed)[:, None]
+                for key in [key for key in out["values"] if key[:2] == (perturbation, "amplification")]:
+                    with np.errstate(divide="ignore", invalid="ignore"):
+                        out["values"][key] = out["values"][key] / input_change
         n = len(image_ids)
         features = {b: value.reshape((3, n) + value.shape[1:]) for b, value in out.get("features", {}).items()}
         return BatchResult(image_ids=list(image_ids), labels=np.asarray(labels), targets=targets,

@@ -429,3 +429,67 @@ def test_compiled_functions_are_traced_once_per_map_shape():
         np.testing.assert_allclose(got["ssim"], each_channel(lambda x, y: skimage_ssim(x, y, 2.0), a, b),
                                    rtol=0, atol=1e-12)
         np.testing.assert_allclose(got["frobenius"], numpy_formulas(a, b)["frobenius"], rtol=FLOAT64_RTOL)
+
+
+# --- whole-map measures: linear CKA and the amplification's numerator (SPEC §9) ------------------------------
+
+def numpy_linear_cka(a, b):
+    """Kornblith et al.'s formula, literally: X, Y = (H·W) × C, centred over positions; ‖YᵀX‖² / (‖XᵀX‖ ‖YᵀY‖)."""
+    x = a.reshape(a.shape[0], -1).T.astype(np.float64)
+    y = b.reshape(b.shape[0], -1).T.astype(np.float64)
+    x, y = x - x.mean(axis=0), y - y.mean(axis=0)
+    return np.linalg.norm(y.T @ x) ** 2 / (np.linalg.norm(x.T @ x) * np.linalg.norm(y.T @ y))
+
+
+@pytest.mark.parametrize("shape", [(3, 6, 2, 2), (3, 4, 5, 6)], ids=["fewer positions than channels", "more"])
+def test_linear_cka_is_the_papers_formula_and_invariant_as_it_should_be(shape):
+    rng = np.random.default_rng(7)
+    reference = rng.normal(size=shape)
+    perturbed = reference + 0.7 * rng.normal(size=shape)
+    perturbed[2] = reference[2]                                           # identical maps: 1
+    values = metrics.per_channel("cka", reference, perturbed)
+    assert values.shape == (3, 1)
+    np.testing.assert_allclose(values[:, 0], [numpy_linear_cka(a, b) for a, b in zip(reference, perturbed)],
+                               rtol=1e-10)
+    assert values[2, 0] == pytest.approx(1.0, abs=1e-12)
+    rotation, _ = np.linalg.qr(rng.normal(size=(shape[1], shape[1])))   # an orthogonal transform of the channels
+    turned = np.einsum("dc,nchw->ndhw", rotation, perturbed) * 3.5      # … and an isotropic scaling
+    np.testing.assert_allclose(metrics.per_channel("cka", reference, turned), values, rtol=1e-10)
+    constant = np.ones(shape)
+    assert np.isnan(metrics.per_channel("cka", constant, perturbed)).all()
+
+
+def test_the_whole_map_relative_change_is_numpys():
+    rng = np.random.default_rng(8)
+    reference, perturbed = rng.normal(size=(4, 5, 6, 6)), rng.normal(size=(4, 5, 6, 6))
+    expected = [np.linalg.norm(a - b) / np.linalg.norm(a) for a, b in zip(reference, perturbed)]
+    np.testing.assert_allclose(metrics.per_channel("amplification", reference, perturbed)[:, 0], expected,
+                               rtol=1e-12)
+
+
+def test_amplification_is_one_through_a_network_that_passes_its_input_on():
+    """A stand-in study whose every block outputs its input (a linear network of identity blocks): the map's
+    relative change equals the input's, so the amplification is 1 for random and adversarial perturbations."""
+    from repro import protocol, zoo
+    from repro.data import to_model_space
+
+    class Identity(protocol.StudyFlow):
+        spec, precision = zoo.get_model("ResNet", "mini"), "float32"
+        config = protocol.StudyConfig(attack_iterations=2, epsilon=8.0, metrics=("amplification", "mse"))
+
+        def attack_steps(self, clean, adversarial, targets, steps):
+            return np.clip(adversarial - 0.01, clean - 8 * 2 / 255, clean + 8 * 2 / 255), True
+
+        def measure(self, clean, random_noise, adversarial, feature_blocks=()):
+            randomised = np.clip(clean + random_noise * np.float32(8 * 2 / 255), -1, 1)
+            values = {}
+            for perturbation, perturbed in (("random", randomised), ("adversarial", adversarial)):
+                values[(perturbation, "amplification", 1)] = metrics.per_channel("amplification", clean, perturbed)
+                values[(perturbation, "mse", 1)] = metrics.per_channel("mse", clean, perturbed)
+            return {"predictions": {k: np.zeros(len(clean), int) for k in ("clean", "random", "adversarial")},
+                    "values": values, "clean_finite": np.ones(len(clean), bool)}
+    images = np.random.default_rng(9).integers(0, 256, (3, 32, 32, 3)).astype(np.uint8)
+    result = Identity().run_batch(images, np.array([0, 1, 2]), [0, 1, 2])
+    for perturbation in ("random", "adversarial"):
+        np.testing.assert_allclose(result.values[(perturbation, "amplification", 1)], 1.0, rtol=1e-6)
+    assert to_model_space(images).shape == (3, 3, 32, 32)

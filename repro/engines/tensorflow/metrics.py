@@ -167,6 +167,33 @@ def _mean_uiq(reference, perturbed, window):
     return _channel_mean(tf.math.divide_no_nan(numerator, denominator))
 
 
+def _whole_map_relative_change(pair):
+    """‖A − B‖_F / ‖A‖_F over each image's whole map (all channels), (N, 1): the amplification's numerator
+    (`repro.protocol.PER_IMAGE_METRICS`; the study divides by the input's relative change)."""
+    squared_error = tf.reduce_sum(pair.sum_squared_error, axis=1, keepdims=True)
+    squared_norm = tf.reduce_sum(tf.square(pair.reference_norm), axis=1, keepdims=True)
+    return tf.sqrt(squared_error) / tf.sqrt(squared_norm)
+
+
+def _linear_cka(pair):
+    """Linear CKA (Kornblith et al., ICML 2019) of each image's clean and perturbed maps, (N, 1): X, Y the maps as
+    (H·W) × C matrices centred over positions, CKA = ‖YᵀX‖²_F / (‖XᵀX‖_F ‖YᵀY‖_F). Through the C × C Gram
+    products, or the (H·W) × (H·W) ones (‖YᵀX‖²_F = ⟨XXᵀ, YYᵀ⟩_F) when a map has fewer positions than channels;
+    NaN (0/0) for a map constant over positions."""
+    x, y = (tf.cast(tensor, tf.float64) for tensor in (pair.given_reference, pair.given_perturbed))
+    channels = int(pair.given_reference.shape[1])
+    x, y = (tf.reshape(tensor, [tf.shape(tensor)[0], channels, pair.pixel_count]) for tensor in (x, y))
+    x, y = (tensor - tf.reduce_mean(tensor, axis=2, keepdims=True) for tensor in (x, y))     # centred: (N, C, HW)
+    if pair.pixel_count < channels:
+        gram_x, gram_y = (tf.matmul(tensor, tensor, transpose_a=True) for tensor in (x, y))   # (N, HW, HW)
+        cross = tf.reduce_sum(gram_x * gram_y, axis=[1, 2])
+    else:
+        gram_x, gram_y = (tf.matmul(tensor, tensor, transpose_b=True) for tensor in (x, y))   # (N, C, C)
+        cross = tf.reduce_sum(tf.square(tf.matmul(y, x, transpose_b=True)), axis=[1, 2])
+    norm_x, norm_y = (tf.norm(gram, axis=[1, 2]) for gram in (gram_x, gram_y))
+    return (cross / (norm_x * norm_y))[:, tf.newaxis]
+
+
 class ChannelPair:
     """A clean and a perturbed tap tensor (N, C, H, W) with the per-channel quantities several metrics
     share (the sum of squared differences, norms, means), in float64.
@@ -458,7 +485,19 @@ def issm_per_channel(reference, perturbed):
     return _run(_issm, reference, perturbed)
 
 
+def amplification_per_image(reference, perturbed):
+    """‖A − B‖_F / ‖A‖_F over each image's whole map, (N, 1) — the numerator of the amplification (SPEC §9)."""
+    return _run(_whole_map_relative_change, reference, perturbed)
+
+
+def cka_per_image(reference, perturbed):
+    """Linear CKA of each image's two maps, (N, 1) (see `_linear_cka`)."""
+    return _run(_linear_cka, reference, perturbed)
+
+
 METRICS = {
+    "amplification": amplification_per_image,
+    "cka": cka_per_image,
     "frobenius": frobenius_per_channel,
     "mse": mse_per_channel,
     "sre": sre_per_channel,
@@ -478,7 +517,7 @@ The SLOW_METRICS entries are graph ops too, but run the NumPy package inside the
 _KERNELS = {
     "frobenius": _frobenius, "mse": _mse, "sre": _sre, "ssim": _ssim, "sre_eq": _sre_eq,
     "psnr": _psnr, "rmse": _rmse, "uiq": _uiq, "cosine": _cosine, "rel_l2": _rel_l2,
-    "fsim": _fsim, "issm": _issm,
+    "fsim": _fsim, "issm": _issm, "amplification": _whole_map_relative_change, "cka": _linear_cka,
 }
 
 # Options each metric accepts: the keyword-only parameters of its kernel.

@@ -201,6 +201,8 @@ class TorchStudy(StudyFlow, RestoredNet):
         config, n = self.config, len(clean)
         names = {tap.name: tap for tap in self.taps}
         values, features, clean_finite = {}, {}, []
+        whole_map = [metric for metric in config.metrics if metric in torch_metrics.WHOLE_MAP]
+        per_channel = [metric for metric in config.metrics if metric not in torch_metrics.WHOLE_MAP]
 
         def measure_block(name, maps):
             tap = names[name]
@@ -209,9 +211,11 @@ class TorchStudy(StudyFlow, RestoredNet):
             for perturbation, perturbed in zip(PERTURBATIONS, parts[1:]):
                 computed = torch_metrics.metric_values(parts[0], perturbed, config.metrics,
                                                        data_range=config.ssim_data_range)
-                block = torch.stack([computed[metric] for metric in config.metrics]).cpu().numpy()
-                for metric, value in zip(config.metrics, block):
-                    values[(perturbation, metric, tap.block_index)] = value
+                for group in (per_channel, whole_map):       # one transfer per shape, not per metric
+                    if group:
+                        moved = torch.stack([computed[metric] for metric in group]).cpu().numpy()
+                        for metric, value in zip(group, moved):
+                            values[(perturbation, metric, tap.block_index)] = value
             if tap.block_index in feature_blocks:
                 features[tap.block_index] = maps.cpu().numpy()
 

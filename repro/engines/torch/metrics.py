@@ -174,8 +174,34 @@ def _package(name):
     return compute
 
 
+def _whole_map_relative_change(pair):
+    """‖A − B‖_F / ‖A‖_F over each image's whole map, (N, 1) (the TensorFlow kernel's docstring)."""
+    return torch.sqrt(pair.sum_squared_error.sum(dim=1, keepdim=True)) / torch.sqrt(
+        pair.reference_sum_squares.sum(dim=1, keepdim=True))
+
+
+def _linear_cka(pair):
+    """Linear CKA of each image's two maps, (N, 1), through the smaller Gram products (the TensorFlow kernel's
+    docstring)."""
+    count, channels = pair.reference.shape[:2]
+    x, y = (maps.reshape(count, channels, -1) for maps in (pair.reference, pair.perturbed))
+    x, y = (maps - maps.mean(dim=2, keepdim=True) for maps in (x, y))
+    if pair.pixel_count < channels:
+        gram_x, gram_y = x.transpose(1, 2) @ x, y.transpose(1, 2) @ y
+        cross = (gram_x * gram_y).sum(dim=(1, 2))
+    else:
+        gram_x, gram_y = x @ x.transpose(1, 2), y @ y.transpose(1, 2)
+        cross = torch.square(y @ x.transpose(1, 2)).sum(dim=(1, 2))
+    norms = [torch.linalg.matrix_norm(gram) for gram in (gram_x, gram_y)]
+    return (cross / (norms[0] * norms[1]))[:, None]
+
+
+WHOLE_MAP = ("amplification", "cka")
+"""Metrics over each image's whole map: computed on all channels at once, never in chunks."""
+
 KERNELS = {"frobenius": _frobenius, "mse": _mse, "sre": _sre, "ssim": _ssim, "sre_eq": _sre_eq, "psnr": _psnr,
            "rmse": _rmse, "uiq": _uiq, "cosine": _cosine, "rel_l2": _rel_l2,
+           "amplification": _whole_map_relative_change, "cka": _linear_cka,
            **{name: _package(name) for name in SLOW_METRICS}}
 OPTIONS = {"ssim": ("data_range", "win_size"), "psnr": ("data_range",), "uiq": ("window_size",)}
 
@@ -204,11 +230,16 @@ def metric_values(reference, perturbed, metrics, chunk=None, **options):
     `chunk_size`); every metric is per channel, so the chunks are independent."""
     channels = reference.shape[1]
     step = chunk or chunk_size(tuple(reference.shape))
+    per_channel = [name for name in metrics if name not in WHOLE_MAP]
     parts = []
     for start in range(0, channels, step):
         pair = ChannelPair(reference[:, start:start + step], perturbed[:, start:start + step])
         parts.append({name: KERNELS[name](pair, **{k: v for k, v in options.items() if k in OPTIONS.get(name, ())})
-                      for name in metrics})
-    if len(parts) == 1:
-        return parts[0]
-    return {name: torch.cat([part[name] for part in parts], dim=1) for name in metrics}
+                      for name in per_channel})
+    values = parts[0] if len(parts) == 1 else {name: torch.cat([part[name] for part in parts], dim=1)
+                                               for name in per_channel}
+    whole = [name for name in metrics if name in WHOLE_MAP]
+    if whole:
+        pair = ChannelPair(reference, perturbed)
+        values.update({name: KERNELS[name](pair) for name in whole})
+    return {name: values[name] for name in metrics}
