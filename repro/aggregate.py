@@ -501,13 +501,14 @@ def wilson_interval(successes, n, z=Z_95):
     return max(0.0, centre - half_width), min(1.0, centre + half_width)
 
 
-def summary_frame(images_df):
-    """Top-1 accuracy and targeted attack success per model × perturbation, with Wilson 95% intervals.
+def summary_frame(images_df, attack="targeted"):
+    """Top-1 accuracy and attack success per model × perturbation, with Wilson 95% intervals.
 
     ``images_df`` has one row per model × image with columns model, image, label, target, pred_clean,
-    pred_random, pred_adversarial and optionally attack_success (bool). A targeted attack succeeds when
-    the adversarial prediction equals the target (SPEC §3); if the attack_success column is given it
-    must agree. Attack-success columns are filled for the adversarial rows only (<NA>/NaN elsewhere).
+    pred_random, pred_adversarial and optionally attack_success (bool). A targeted (or cw) attack succeeds when
+    the adversarial prediction equals the target (SPEC §3), an untargeted one when it is not the label; if the
+    attack_success column is given it must agree. Attack-success columns are filled for the adversarial rows only
+    (<NA>/NaN elsewhere).
     Rows: models sorted by name, perturbations in the order clean, random, adversarial.
     """
     images = _as_frame(images_df, IMAGES_TABLE_COLUMNS, "images table")
@@ -515,13 +516,16 @@ def summary_frame(images_df):
     if duplicated.any():
         first = images.loc[duplicated, ["model", "image"]].iloc[0].tolist()
         raise ValueError(f"images table lists (model, image) {first} more than once: each image must be counted once")
-    succeeded = images["pred_adversarial"].to_numpy() == images["target"].to_numpy()
+    if attack == "untargeted":
+        succeeded = images["pred_adversarial"].to_numpy() != images["label"].to_numpy()
+    else:
+        succeeded = images["pred_adversarial"].to_numpy() == images["target"].to_numpy()
     if "attack_success" in images.columns:
         given = images["attack_success"].astype(bool).to_numpy()
         if not np.array_equal(given, succeeded):
             raise ValueError(
-                f"attack_success disagrees with pred_adversarial == target for {int((given != succeeded).sum())} "
-                "images: the attack is targeted, recompute attack_success")
+                f"attack_success disagrees with the {attack} attack's success rule for "
+                f"{int((given != succeeded).sum())} images: recompute attack_success")
 
     rows = []
     for model in sorted(images["model"].unique()):

@@ -111,6 +111,10 @@ def parse_args(argv=None):
                         help="PGD step α in pixels; the rule α = max(step, ε/steps) of Xie et al. applies")
     parser.add_argument("--noise", choices=protocol.NOISES, default="uniform",
                         help="random perturbation: each pixel U(-ε, ε), or ±ε")
+    parser.add_argument("--attack", choices=protocol.ATTACKS, default="targeted",
+                        help="the attack, in the same ε-ball with the same step rule and draws: targeted (the paper's: "
+                             "a random other class), untargeted (away from the true label), cw (targeted, the "
+                             "Carlini–Wagner margin on the logits)")
     parser.add_argument("--tap", choices=protocol.TAPS, default="block_output",
                         help="which tensor is a block's output: the residual block's ReLU, or (denoising "
                              "models) the output of the denoising block that follows it")
@@ -166,7 +170,7 @@ def parse_args(argv=None):
 def study_config(args):
     from repro.protocol import StudyConfig
     return StudyConfig(epsilon=args.attack_epsilon, attack_iterations=args.attack_iter,
-                       attack_step_size=args.attack_step_size, noise=args.noise, tap=args.tap,
+                       attack_step_size=args.attack_step_size, noise=args.noise, tap=args.tap, attack=args.attack,
                        metrics=tuple(args.metrics), ssim_data_range=args.ssim_data_range, seed=args.seed,
                        attack_chunk=args.attack_chunk)
 

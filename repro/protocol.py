@@ -80,6 +80,23 @@ def band_average_matrix(size, window):
 
 
 NOISES = ("uniform", "sign")
+ATTACKS = ("targeted", "untargeted", "cw")
+"""The attacks of the study, all in the same ε-ball with the same step rule, random start and draws (SPEC §3, §9):
+``targeted`` (the paper's: descend the cross-entropy to a random other class), ``untargeted`` (ascend the
+cross-entropy of the true label), ``cw`` (descend the targeted Carlini–Wagner margin max(max_{j≠t} z_j − z_t, −κ),
+κ = 0, on the logits: Carlini & Wagner, S&P 2017, their f₆)."""
+CW_KAPPA = 0.0
+
+
+def attack_class(attack, labels, targets):
+    """The class each image's attack loss refers to: its label for the untargeted attack, its target otherwise."""
+    return np.asarray(labels if attack == "untargeted" else targets, np.int64)
+
+
+def attack_succeeded(attack, predictions, labels, targets):
+    """Per image: the adversarial prediction is the target (targeted, cw), or anything but the label (untargeted)."""
+    predictions = np.asarray(predictions)
+    return predictions != np.asarray(labels) if attack == "untargeted" else predictions == np.asarray(targets)
 TAPS = ("block_output", "denoised")
 LARGEST_SENSIBLE_EPSILON = 255.0      # pixels: beyond it the ε-ball holds every image
 
@@ -91,6 +108,7 @@ class StudyConfig:
     attack_iterations: int = 100
     attack_step_size: float = 1.0         # pixels; the step-size rule may raise it
     noise: str = "uniform"                # random perturbation: uniform or sign
+    attack: str = "targeted"              # targeted (the paper's), untargeted, cw
     tap: str = "block_output"
     metrics: tuple = DEFAULT_METRICS
     ssim_data_range: object = 2.0         # float, or 'reference'
@@ -112,6 +130,8 @@ class StudyConfig:
                 raise ValueError("{} must be ≥ {}, got {}".format(name, low, getattr(self, name)))
         if self.noise not in NOISES:
             raise ValueError("unknown noise {!r}: choose {}".format(self.noise, " or ".join(NOISES)))
+        if self.attack not in ATTACKS:
+            raise ValueError("unknown attack {!r}: choose one of {}".format(self.attack, ", ".join(ATTACKS)))
         if self.tap not in TAPS:
             raise ValueError("unknown tap {!r}: choose one of {}".format(self.tap, ", ".join(TAPS)))
         unknown = [name for name in self.metrics if name not in METRIC_NAMES]
@@ -201,9 +221,10 @@ class StudyFlow:
     image id), the chunked attack with progress, the warnings, the timings and the `BatchResult`.
 
     An engine's study class inherits it and provides ``spec``, ``config``, ``taps`` and
-    - ``attack_steps(clean, adversarial, targets, steps)`` → (adversarial, finite): ``steps`` PGD steps from
-      ``adversarial`` (model-space NCHW float32 arrays), projected into the ε-ball of ``clean`` (0 steps: the
-      projection), and whether every loss and gradient stayed finite (checked before clipping);
+    - ``attack_steps(clean, adversarial, targets, steps)`` → (adversarial, finite): ``steps`` PGD steps of
+      ``config.attack`` from ``adversarial`` (model-space NCHW float32 arrays), projected into the ε-ball of
+      ``clean`` (0 steps: the projection), and whether every loss and gradient stayed finite (checked before
+      clipping); ``targets`` are the classes the loss refers to (`attack_class`: labels for the untargeted attack);
     - ``measure(clean, random_noise, adversarial, feature_blocks)``: the tapped forward pass of the three
       versions and the metrics, as dict(predictions, values, clean_finite, features);
     - ``clean_logits(clean)``: logits of model-space images.
@@ -244,7 +265,7 @@ class StudyFlow:
         start = clean + draws["start"] * np.float32(config.epsilon * 2.0 / 255)
         timings = {}
         began = time.perf_counter()
-        adversarial, finite = self.run_attack(clean, start, targets, on_steps)
+        adversarial, finite = self.run_attack(clean, start, attack_class(config.attack, labels, targets), on_steps)
         timings["attack"] = time.perf_counter() - began
         if not finite or not np.isfinite(adversarial).all():
             raise non_finite_attack(self.spec.name, getattr(self, "precision", "float32"), image_ids)

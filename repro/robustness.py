@@ -21,10 +21,10 @@ class RobustnessEvaluator:
     (`repro.engines`); the draws and the counting here are the same for every engine."""
 
     def __init__(self, spec, checkpoint, engine=engines.DEFAULT_ENGINE, precision="float32", device=None,
-                 deterministic=True):
-        self.spec, self.precision = spec, precision
+                 deterministic=True, attack="targeted"):
+        self.spec, self.precision, self.attack = spec, precision, attack
         self.model = engines.attack_model(engine, spec, checkpoint, precision=precision, device=device,
-                                          deterministic=deterministic)
+                                          deterministic=deterministic, attack=attack)
         self.checkpoint = self.model.checkpoint
 
     def evaluate(self, images, labels, iterations, epsilon=16.0, seed=0, batch=50, image_ids=None,
@@ -58,8 +58,9 @@ class RobustnessEvaluator:
                 target = protocol.random_targets(labels[first:first + batch], draws["target_offset"],
                                                 num_classes)
                 start = clean + draws["start"] * np.float32(epsilon * 2.0 / 255)
-                predicted, finite = self.model.adversarial_predictions(clean, start, target, iterations, epsilon,
-                                                                       alpha)
+                predicted, finite = self.model.adversarial_predictions(
+                    clean, start, protocol.attack_class(self.attack, labels[first:first + batch], target), iterations,
+                    epsilon, alpha)
                 if not finite:
                     raise protocol.non_finite_attack(self.spec.name, self.precision,
                                                      image_ids[first:first + batch])
@@ -72,7 +73,8 @@ class RobustnessEvaluator:
         return {
             "n": int(len(labels)),
             "correct": int(np.sum(predictions == labels)),
-            "success": None if targets is None else int(np.sum(predictions == targets)),
+            "success": None if targets is None else int(np.sum(protocol.attack_succeeded(
+                self.attack, predictions, labels, targets))),
             "predictions": predictions, "targets": targets,
             "step_size": None if iterations == 0 else alpha,
             "seconds": time.perf_counter() - began,

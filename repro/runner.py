@@ -303,16 +303,19 @@ def check_uniform(receipts, what):
                                                                   WorkDirectory.batch_stem(*bounds), "; ".join(changes)))
 
 
-def batch_records(model, result, paths, skipped):
-    """Per-image rows of one batch; unreadable images get a row with their error."""
+def batch_records(model, result, paths, skipped, attack="targeted"):
+    """Per-image rows of one batch; unreadable images get a row with their error. ``attack_success`` as
+    `repro.protocol.attack_succeeded` decides it; the untargeted attack has no target (−1)."""
+    from repro.protocol import attack_succeeded
     rows = []
     for position, image_id in enumerate(result.image_ids if result else []):
+        label, target = int(result.labels[position]), int(result.targets[position])
+        adversarial = int(result.predictions["adversarial"][position])
         rows.append(dict(
-            model=model, image=int(image_id), path=str(paths[image_id]), label=int(result.labels[position]),
-            target=int(result.targets[position]),
+            model=model, image=int(image_id), path=str(paths[image_id]), label=label,
+            target=-1 if attack == "untargeted" else target,
             **{"pred_" + p: int(result.predictions[p][position]) for p in ("clean",) + PERTURBATIONS},
-            attack_success=bool(result.predictions["adversarial"][position] == result.targets[position]),
-            error=""))
+            attack_success=bool(attack_succeeded(attack, adversarial, label, target)), error=""))
     for image_id, path, error in skipped:
         rows.append(dict(model=model, image=int(image_id), path=str(path), label=-1, target=-1, pred_clean=-1,
                          pred_random=-1, pred_adversarial=-1, attack_success=False, error=str(error)))
@@ -449,7 +452,9 @@ def write_tables(work, batches, out):
     contrasts = aggregate.contrasts_frame(statistics, tables)
     images = pd.concat(records, ignore_index=True) if records else pd.DataFrame()
     classified = images[images["error"].isna() | (images["error"] == "")] if len(images) else images
-    summary = aggregate.summary_frame(classified.drop(columns=["path", "error"])) if len(classified) else pd.DataFrame()
+    attack = work.config.get("attack", "targeted")
+    summary = aggregate.summary_frame(classified.drop(columns=["path", "error"]), attack) if len(classified) \
+        else pd.DataFrame()
     atomic_write_text(out / "blocks.csv", blocks.to_csv(index=False))
     atomic_write_text(out / "images.csv", images.to_csv(index=False))
     atomic_write_text(out / "summary.csv", summary.to_csv(index=False))

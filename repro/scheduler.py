@@ -154,7 +154,7 @@ class ModelWorker:
             if plan.save_adversarial:
                 adversarial = {"image_ids": list(result.image_ids), "images": result.adversarial.astype(np.float32),
                                "labels": np.asarray(result.labels), "targets": np.asarray(result.targets)}
-        records = runner.batch_records(self.spec.name, result, selection.paths, skipped)
+        records = runner.batch_records(self.spec.name, result, selection.paths, skipped, plan.config.attack)
         info = {"images": len(image_ids), "skipped": len(skipped), "timings": result.timings if result else {},
                 "device": self.device, "worker": self.worker, "image_sha256": digests,
                 "checkpoint_dtypes": self.study.checkpoint.dtypes(), "deterministic": plan.deterministic,

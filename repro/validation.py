@@ -25,7 +25,7 @@ if __package__ in (None, ""):
 import numpy as np
 import pandas as pd
 
-from repro import cli, engines, zoo
+from repro import cli, engines, protocol, zoo
 from repro.fileio import atomic_write_text
 
 log = logging.getLogger("repro.validation")
@@ -52,8 +52,9 @@ def rate_row(model, spec, iterations, quantity, count, n, published):
             "verdict": verdict(100.0 * low, 100.0 * high, published, tolerance)}
 
 
-def results_table(spec, iterations, records):
-    """Rows for one model: top-1 (and at 0 steps top-5) error, and targeted success under attack."""
+def results_table(spec, iterations, records, attack="targeted"):
+    """Rows for one model: top-1 (and at 0 steps top-5) error, and the attack's success (published numbers: the
+    targeted attack's only)."""
     published = zoo.published_numbers(spec).get(iterations)
     n = len(records)
     rows = [rate_row(spec.name, spec, iterations, "top1_error", int((records.top1 != records.label).sum()), n,
@@ -61,20 +62,21 @@ def results_table(spec, iterations, records):
     if iterations == 0:
         rows.append(rate_row(spec.name, spec, 0, "top5_error", int((~records.top5_hit).sum()), n, None))
     else:
-        rows.append(rate_row(spec.name, spec, iterations, "attack_success",
-                             int((records.top1 == records.target).sum()), n,
-                             published.attack_success if published else None))
+        succeeded = protocol.attack_succeeded(attack, records.top1, records.label, records.target)
+        rows.append(rate_row(spec.name, spec, iterations, "attack_success", int(np.sum(succeeded)), n,
+                             published.attack_success if published and attack == "targeted" else None))
     return rows
 
 
 def validation_identity(spec, checkpoint_sha256, selection, iterations, seed, engine=engines.DEFAULT_ENGINE,
-                        precision="float32"):
+                        precision="float32", attack="targeted"):
     """Everything that determines a validation record besides the image: the model and its checkpoint, the
     data, the image order, the attack (ε = 16, α by the step-size rule, the seed of the draws) and the
     engine with the attack's precision."""
     from repro import protocol, runner
     attack = {"iterations": iterations, "epsilon": EPSILON, "seed": seed, "engine": engine, "precision": precision,
-              "step_size": protocol.step_size_rule(EPSILON, iterations) if iterations else None}
+              "step_size": protocol.step_size_rule(EPSILON, iterations) if iterations else None,
+              "kind": attack if iterations else None}
     return runner.json_form({"model": runner.model_identity(spec, checkpoint_sha256), "data": selection.source,
                              "order": ORDER_RULE, "order_seed": ORDER_SEED, "attack": attack})
 
@@ -139,7 +141,7 @@ class Progress:
 
 
 def validate_model(spec, checkpoint, selection, iterations, batch, out, seed, engine=engines.DEFAULT_ENGINE,
-                   precision="float32", device=None, deterministic=True):
+                   precision="float32", device=None, deterministic=True, attack="targeted"):
     """Measure one model on ``selection``; returns one record per image (resuming from ``out``)."""
     from tqdm import tqdm
 
@@ -147,19 +149,20 @@ def validate_model(spec, checkpoint, selection, iterations, batch, out, seed, en
     from repro.robustness import RobustnessEvaluator
 
     progress = Progress(out, validation_identity(spec, checkpoint.sha256, selection, iterations, seed, engine,
-                                                 precision))
+                                                 precision, attack))
     records = progress.done(selection)
     missing = sorted(set(range(len(selection))) - set(records.image.astype(int)))
     if not missing:
         return records
     model = engines.classifier(engine, spec, checkpoint, device=device, deterministic=deterministic) \
         if iterations == 0 else RobustnessEvaluator(spec, checkpoint, engine=engine, precision=precision,
-                                                    device=device, deterministic=deterministic)
+                                                    device=device, deterministic=deterministic, attack=attack)
     parts = [records] if len(records) else []
     paths, labels = selection.paths, selection.labels
     bar = tqdm(total=len(selection), initial=len(records), unit="img", desc="{} k={}".format(spec.name, iterations))
     errors = int((records.top1 != records.label).sum()) if len(records) else 0
-    successes = int((records.top1 == records.target).sum()) if len(records) else 0
+    successes = int(np.sum(protocol.attack_succeeded(attack, records.top1, records.label, records.target))) \
+        if len(records) else 0
     try:
         for start in range(0, len(missing), batch):
             ids = missing[start:start + batch]
@@ -178,14 +181,15 @@ def validate_model(spec, checkpoint, selection, iterations, batch, out, seed, en
                 else:
                     result = model.evaluate(images, labels[chosen], iterations, epsilon=EPSILON, seed=seed,
                                             batch=len(chosen), image_ids=chosen)
-                    top1, hit, target = result["predictions"], [False] * len(chosen), result["targets"]
+                    top1, hit = result["predictions"], [False] * len(chosen)
+                    target = [-1] * len(chosen) if attack == "untargeted" else result["targets"]
                 rows.append(pd.DataFrame({"image": chosen, "path": [str(paths[i]) for i in chosen],
                                           "label": labels[chosen], "top1": top1, "top5_hit": hit, "target": target}))
             frame = pd.concat(rows, ignore_index=True)
             progress.commit(frame)
             parts.append(frame)
             errors += int((frame.top1 != frame.label).sum())
-            successes += int((frame.top1 == frame.target).sum())
+            successes += int(np.sum(protocol.attack_succeeded(attack, frame.top1, frame.label, frame.target)))
             bar.update(len(ids))
             seen = bar.n
             bar.set_postfix_str("err {:.1f}%{}".format(100.0 * errors / seen, "" if iterations == 0 else
@@ -206,7 +210,9 @@ def parse_args(argv=None):
     parser.add_argument("--zoo", default=zoo.DEFAULT_ZOO, choices=sorted(zoo.ZOOS))
     parser.add_argument("--load", nargs="+", help="checkpoint(s), one per model (default: the zoo's file)")
     parser.add_argument("--data", help="ImageNet validation folder (not used with --zoo mini)")
-    parser.add_argument("--attack-iter", type=int, default=0, help="0 = clean error; k > 0 = k-step targeted PGD, ε = 16")
+    parser.add_argument("--attack-iter", type=int, default=0, help="0 = clean error; k > 0 = k-step PGD, ε = 16")
+    parser.add_argument("--attack", choices=protocol.ATTACKS, default="targeted",
+                        help="the attack (the published numbers are the targeted attack's)")
     parser.add_argument("--limit", type=int, help="validate on the first N images of the fixed order (default: all)")
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0, help="seed of the attack's targets and random starts")
@@ -254,11 +260,12 @@ def validation_table(argv=None):
     rows = []
     for spec, checkpoint in zip(specs, loaded):
         records = validate_model(spec, checkpoint, selection, args.attack_iter, args.batch, args.out, args.seed,
-                                 args.engine, args.precision, args.device, not args.nondeterministic)
-        rows.extend(results_table(spec, args.attack_iter, records))
+                                 args.engine, args.precision, args.device, not args.nondeterministic, args.attack)
+        rows.extend(results_table(spec, args.attack_iter, records, args.attack))
     table = pd.DataFrame(rows)
     out = Path(args.out)
-    stem = "validate-{}-k{}".format(args.zoo, args.attack_iter)
+    stem = "validate-{}-k{}{}".format(args.zoo, args.attack_iter, "" if args.attack == "targeted" or not args.attack_iter
+                                      else "-" + args.attack)
     atomic_write_text(out / (stem + ".csv"), table.to_csv(index=False))
     atomic_write_text(out / (stem + ".json"), json.dumps({
         "command": " ".join(sys.argv), "zoo": args.zoo, "attack_iter": args.attack_iter, "images": len(selection),

@@ -24,6 +24,7 @@ from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
 from repro.engines.tensorflow import metrics
 from repro.engines.tensorflow.tfcompat import tf
+from repro.protocol import PER_IMAGE_METRICS
 
 BLOCK_SIDES = (56, 28, 14, 7)
 FLOAT64_RTOL = 1e-12
@@ -338,8 +339,10 @@ def test_metric_ops_shares_common_subexpressions():
 def test_registry_lists():
     assert metrics.PAPER_METRICS == ("frobenius", "mse", "sre", "ssim")
     assert metrics.DEFAULT_METRICS[:4] == metrics.PAPER_METRICS
-    assert set(metrics.DEFAULT_METRICS) | set(metrics.SLOW_METRICS) == set(metrics.METRICS)
+    assert set(metrics.DEFAULT_METRICS) | set(PER_IMAGE_METRICS) | set(metrics.SLOW_METRICS) == set(metrics.METRICS)
+    assert tuple(metrics.METRICS) == metrics.METRIC_NAMES
     assert not set(metrics.DEFAULT_METRICS) & set(metrics.SLOW_METRICS)
+    assert not set(PER_IMAGE_METRICS) & (set(metrics.DEFAULT_METRICS) | set(metrics.SLOW_METRICS))
 
 
 # --- Slow package metrics -----------------------------------------------------------------------

@@ -345,7 +345,8 @@ def test_offline_the_page_draws_every_figure_without_a_console_error(browser, mi
     requested = report_browser.requested_urls(browser)
     assert requested and all(url.startswith(("file:", "data:")) for url in requested), requested
     drawn = browser.execute_script(FIGURE_CONTENT)
-    assert drawn == [["blocks-figure", 4, 4]]           # curves and bands: 2 models × 2 perturbations
+    # curves and bands: 2 models × 2 perturbations; the paired difference adversarial − random: 2 models
+    assert drawn == [["blocks-figure", 4, 4], ["contrasts-figure", 2, 2]]
     images = browser.execute_script("return Array.from(document.images).map(image => image.naturalWidth)")
     assert len(images) == len(list(mini_run.glob("feature_maps_*.png"))) == 2 and min(images) > 100
     browser.execute_script("document.getElementById('images-details').open = true")

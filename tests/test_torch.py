@@ -174,11 +174,39 @@ def test_logits_and_every_tap_equal_tensorflows_on_full_size_synthetic_checkpoin
     assert taps == {"ResNet": 50, "ResNetDenoise": 54, "ResNeXtDenoiseAll": 66}[name]
 
 
-def test_one_pgd_step_takes_the_same_signs():
-    """The input gradient of one targeted PGD step has the same sign in ≥ 99.9% of the pixels."""
+def test_each_attacks_loss_is_its_formula_in_both_engines():
+    """Per image, by hand: −log softmax(z)_t (targeted), log softmax(z)_y (untargeted), max(max_{j≠t} z_j − z_t, −κ)
+    (cw, κ = 0: zero once the target leads); the torch engine's summed loss is the sum of TensorFlow's."""
+    from repro.engines.tensorflow.attacks import attack_loss as tf_loss
+    from repro.engines.tensorflow.tfcompat import tf
+    from repro.engines.torch.engine import attack_loss as torch_loss
+    logits = np.random.default_rng(5).normal(0, 3, (6, 10)).astype(np.float32)
+    classes = np.array([0, 3, 9, 2, 2, 7])
+    logits[4, 2] = 20.0                                   # the target already leads: the margin is 0
+    shifted = logits.astype(np.float64) - logits.max(axis=1, keepdims=True)
+    log_softmax = shifted - np.log(np.exp(shifted).sum(axis=1, keepdims=True))
+    picked = log_softmax[np.arange(6), classes]
+    others = np.where(np.eye(10, dtype=bool)[classes], -np.inf, logits).max(axis=1)
+    margin = np.maximum(others - logits[np.arange(6), classes], -protocol.CW_KAPPA)
+    assert margin[4] == 0 and (margin[[0, 1, 2, 3, 5]] > 0).any()
+    expected = {"targeted": -picked, "untargeted": picked, "cw": margin}
+    for attack, by_hand in expected.items():
+        graph = tf.Graph()
+        with graph.as_default(), tf.Session(graph=graph) as session:
+            in_graph = session.run(tf_loss(tf.constant(logits), tf.constant(classes), attack))
+        np.testing.assert_allclose(in_graph, by_hand, rtol=1e-5, atol=1e-5, err_msg=attack)
+        summed = torch_loss(torch.from_numpy(logits), torch.from_numpy(classes), attack).item()
+        assert summed == pytest.approx(by_hand.sum(), rel=1e-5, abs=1e-5), attack
+    with pytest.raises(ValueError, match="unknown attack 'fgsm'"):
+        torch_loss(torch.from_numpy(logits), torch.from_numpy(classes), "fgsm")
+
+
+@pytest.mark.parametrize("attack", ["targeted", "untargeted", "cw"])
+def test_one_pgd_step_takes_the_same_signs(attack):
+    """The input gradient of one PGD step has the same sign in ≥ 99.9% of the pixels, for every attack's loss."""
     for family, blocks in FAMILIES:
         spec, checkpoint = tiny(family, blocks)
-        config = StudyConfig(attack_iterations=1, epsilon=16.0, metrics=("mse",))
+        config = StudyConfig(attack_iterations=1, epsilon=16.0, metrics=("mse",), attack=attack)
         clean = to_model_space(images_for(spec, 4, seed=3))
         draws = protocol.perturbation_draws(0, range(4), clean.shape[1:], spec.arch.num_classes)
         start = clean + draws["start"] * np.float32(16 * 2 / 255)

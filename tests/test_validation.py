@@ -44,6 +44,13 @@ def test_results_table_counts_errors_and_successes():
     assert attacked["attack_success"]["ci95_low"] == pytest.approx(100 * low)
     clean = {row["quantity"]: row for row in validation.results_table(spec, 0, records)}
     assert clean["top5_error"]["count"] == 1 and clean["top5_error"]["verdict"] == "n/a"
+    # the untargeted attack succeeds where top-1 is not the label; the published success is the targeted attack's
+    untargeted = {row["quantity"]: row for row in validation.results_table(
+        spec, 10, records.assign(target=-1), attack="untargeted")}
+    assert untargeted["attack_success"]["count"] == 2 and untargeted["attack_success"]["published"] is None
+    assert untargeted["attack_success"]["verdict"] == "n/a"
+    cw = {row["quantity"]: row for row in validation.results_table(spec, 10, records, attack="cw")}
+    assert cw["attack_success"]["count"] == 2 and cw["attack_success"]["published"] is None
 
 
 def mini_available():
@@ -157,7 +164,8 @@ def test_a_validation_folder_is_keyed_on_what_determines_its_records(tmp_path):
     one = validation.validation_identity(spec, "11" * 32, selection, 10, seed=0)
     for other in (validation.validation_identity(spec, "22" * 32, selection, 10, seed=0),
                   validation.validation_identity(spec, "11" * 32, selection, 10, seed=1),
-                  validation.validation_identity(spec, "11" * 32, selection, 100, seed=0)):
+                  validation.validation_identity(spec, "11" * 32, selection, 100, seed=0),
+                  validation.validation_identity(spec, "11" * 32, selection, 10, seed=0, attack="cw")):
         assert validation.Progress(tmp_path, one).directory != validation.Progress(tmp_path, other).directory
     assert validation.Progress(tmp_path, one).directory == validation.Progress(
         tmp_path, validation.validation_identity(spec, "11" * 32, runner.image_selection(spec, None, 20), 10, 0)).directory

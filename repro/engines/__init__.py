@@ -17,7 +17,7 @@ What an engine's package provides (its ``__init__`` is this face, nothing else):
   and ``clean_logits`` (see there);
 - ``classifier(spec, checkpoint, device)`` → ``predict_logits(images_bgr, batch_size)``, ``features(images_bgr,
   names)``, ``close``;
-- ``attack_model(spec, checkpoint, precision, device)`` → ``clean_predictions(images_bgr)``,
+- ``attack_model(spec, checkpoint, precision, device, deterministic, attack)`` → ``clean_predictions(images_bgr)``,
   ``adversarial_predictions(clean, start, targets, steps, epsilon, step_size)``, ``close`` (for `repro.robustness`);
 - ``per_channel(metric, reference, perturbed, **options)``: one metric on (N, C, H, W) arrays → (N, C) float64;
 - ``describe(device, deterministic)`` → what the manifest records (framework and version, device, TF32, whether
@@ -125,11 +125,11 @@ def classifier(engine, spec, checkpoint, device=None, deterministic=True):
     return load(engine).classifier(spec, checkpoint, device=device, deterministic=deterministic)
 
 
-def attack_model(engine, spec, checkpoint, precision="float32", device=None, deterministic=True):
+def attack_model(engine, spec, checkpoint, precision="float32", device=None, deterministic=True, attack="targeted"):
     check_precision(engine, precision)
     check_device(engine, device)
     return load(engine).attack_model(spec, checkpoint, precision=precision, device=device,
-                                     deterministic=deterministic)
+                                     deterministic=deterministic, attack=attack)
 
 
 def out_of_memory(engine, error, device=None):

@@ -50,11 +50,11 @@ def classifier(spec, checkpoint, device=None, deterministic=True):
     return Classifier(spec, checkpoint)
 
 
-def attack_model(spec, checkpoint, precision="float32", device=None, deterministic=True):
+def attack_model(spec, checkpoint, precision="float32", device=None, deterministic=True, attack="targeted"):
     from repro.engines.tensorflow.attack_graph import AttackGraph
     from repro.engines.tensorflow.session import set_determinism
     set_determinism(deterministic)
-    return AttackGraph(spec, checkpoint, precision)
+    return AttackGraph(spec, checkpoint, precision, attack)
 
 
 def out_of_memory(error, device=None):

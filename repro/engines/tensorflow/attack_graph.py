@@ -14,7 +14,7 @@ class AttackGraph(PrecisionMixin):
     clean forward pass and targeted PGD (`repro.engines.tensorflow.attacks.pgd_targeted`, SPEC §3) with the attack's ε, step
     size and number of steps fed at run time, so clean, PGD-10 and PGD-100 share one restored session."""
 
-    def __init__(self, spec, checkpoint, precision="float32"):
+    def __init__(self, spec, checkpoint, precision="float32", attack="targeted"):
         set_tf32(False)
         self.spec, self.precision = spec, precision
         size = spec.arch.input_size
@@ -35,7 +35,8 @@ class AttackGraph(PrecisionMixin):
                 self.clean_prediction_op = tf.argmax(model(preprocess(self.images)), axis=1)
                 with tf.name_scope("attack"):
                     adversarial, self.attack_finite = attack_in_graph(
-                        spec, precision, self.clean, self.start, self.target, self.epsilon, self.step_size, self.steps)
+                        spec, precision, self.clean, self.start, self.target, self.epsilon, self.step_size, self.steps,
+                        attack)
                 self.adversarial_prediction_op = tf.argmax(model(adversarial), axis=1)
             self.session = tf.Session(config=session_config())
         self.checkpoint = checkpoint if isinstance(checkpoint, checkpoints.Checkpoint) \

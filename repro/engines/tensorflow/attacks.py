@@ -6,6 +6,7 @@ random start, the random perturbation) is drawn per image from the run's seed an
 it is in — which is what lets a killed or sharded run resume without changing any result.
 """
 from repro.engines import loss_scale
+from repro.protocol import CW_KAPPA
 from repro.engines.tensorflow.models import IMAGE_SCALE, model_function
 from repro.engines.tensorflow.tfcompat import tf
 
@@ -24,8 +25,24 @@ def random_perturbation(image, noise, epsilon_pixels):
     return tf.clip_by_value(image + noise * (epsilon_pixels * IMAGE_SCALE), -1.0, 1.0)
 
 
+def attack_loss(logits, target, attack="targeted"):
+    """Per image, the loss PGD descends (`repro.protocol.ATTACKS`): the cross-entropy to ``target`` (targeted), its
+    negative with ``target`` the true label (untargeted), or the Carlini–Wagner margin
+    max(max_{j≠t} z_j − z_t, −κ) on the logits (cw)."""
+    if attack == "targeted":
+        return tf.nn.sparse_softmax_cross_entropy_with_logits(logits=logits, labels=target)
+    if attack == "untargeted":
+        return -tf.nn.sparse_softmax_cross_entropy_with_logits(logits=logits, labels=target)
+    if attack == "cw":
+        target_mask = tf.one_hot(target, tf.shape(logits)[1], on_value=True, off_value=False, dtype=tf.bool)
+        target_logit = tf.reduce_sum(tf.where(target_mask, logits, tf.zeros_like(logits)), axis=1)
+        best_other = tf.reduce_max(tf.where(target_mask, tf.fill(tf.shape(logits), -float("inf")), logits), axis=1)
+        return tf.maximum(best_other - target_logit, -CW_KAPPA)
+    raise ValueError("unknown attack {!r}".format(attack))
+
+
 def pgd_targeted(model_fn, image, adversarial_start, target, epsilon_pixels, step_size_pixels, iterations,
-                 loss_scale=None):
+                 loss_scale=None, attack="targeted"):
     """Targeted PGD (Madry et al.), white-box, as in Xie et al.'s evaluation (SPEC §3).
 
     From ``adversarial_start`` (x + U(−ε, ε) for a fresh attack, or a previous chunk's result) take
@@ -37,7 +54,7 @@ def pgd_targeted(model_fn, image, adversarial_start, target, epsilon_pixels, ste
 
     ``loss_scale`` (a positive constant, for a float16 ``model_fn``) multiplies the loss before the gradient
     is taken, so that small gradients do not underflow in float16; a positive factor leaves every sign, and
-    so the step, as it is.
+    so the step, as it is. ``attack`` chooses the loss (`attack_loss`; the name stays: targeted is the paper's).
 
     Returns (adversarial, finite): ``finite`` is a boolean scalar, False when the start, a loss or a gradient
     was NaN or infinite at any step — checked before clipping, which (on GPUs) turns NaN into a bound.
@@ -47,7 +64,7 @@ def pgd_targeted(model_fn, image, adversarial_start, target, epsilon_pixels, ste
 
     def one_step(adversarial, finite):
         logits = model_fn(adversarial)
-        losses = tf.nn.sparse_softmax_cross_entropy_with_logits(logits=logits, labels=target)
+        losses = attack_loss(logits, target, attack)
         if loss_scale is not None:
             losses = losses * loss_scale
         gradient, = tf.gradients(losses, adversarial)
@@ -62,11 +79,12 @@ def pgd_targeted(model_fn, image, adversarial_start, target, epsilon_pixels, ste
     return tf.clip_by_value(final, low, high), finite
 
 
-def attack_in_graph(spec, precision, image, start, target, epsilon_pixels, step_size_pixels, iterations):
+def attack_in_graph(spec, precision, image, start, target, epsilon_pixels, step_size_pixels, iterations,
+                    attack="targeted"):
     """Targeted PGD (`pgd_targeted`, SPEC §3) on ``spec``'s network in ``precision``'s arithmetic:
     the model in bfloat16 or float16 on the same float32 variables (`repro.engines.tensorflow.models.model_function`), the
     cross-entropy on float32 logits, float16's loss scaled (`repro.engines.FP16_LOSS_SCALE`). Like the original
     code's half-precision attack, for speed on GPUs; build it inside the graph's inference TowerContext."""
     model = model_function(spec, compute_dtype=COMPUTE_DTYPES.get(precision))
     return pgd_targeted(model, image, start, target, epsilon_pixels, step_size_pixels, iterations,
-                                loss_scale=loss_scale(precision))
+                        loss_scale=loss_scale(precision), attack=attack)

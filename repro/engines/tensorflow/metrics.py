@@ -496,8 +496,6 @@ def cka_per_image(reference, perturbed):
 
 
 METRICS = {
-    "amplification": amplification_per_image,
-    "cka": cka_per_image,
     "frobenius": frobenius_per_channel,
     "mse": mse_per_channel,
     "sre": sre_per_channel,
@@ -508,10 +506,13 @@ METRICS = {
     "uiq": uiq_per_channel,
     "cosine": cosine_per_channel,
     "rel_l2": rel_l2_per_channel,
+    "amplification": amplification_per_image,
+    "cka": cka_per_image,
     "fsim": fsim_per_channel,
     "issm": issm_per_channel,
 }
-"""Metric name → graph function (reference, perturbed, **options) → (N, C) float64 tensor.
+"""Metric name → graph function (reference, perturbed, **options) → (N, C) float64 tensor ((N,) for the
+PER_IMAGE_METRICS); the keys in the order of ``METRIC_NAMES``.
 The SLOW_METRICS entries are graph ops too, but run the NumPy package inside the session."""
 
 _KERNELS = {

@@ -79,7 +79,8 @@ class StudyGraph(StudyFlow, PrecisionMixin):
 
         with tf.name_scope("attack"):
             self.attack = attack_in_graph(self.spec, self.precision, self.clean, self.adversarial, self.target,
-                                          config.epsilon, config.step_size, self.steps)   # (adversarial, finite)
+                                          config.epsilon, config.step_size, self.steps,
+                                          config.attack)   # (adversarial, finite)
         with tf.name_scope("clean_check"):
             self.clean_logits_tensor = model(self.clean)
 

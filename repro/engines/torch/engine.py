@@ -10,6 +10,7 @@ Memory: the tapped forward pass measures each block as soon as its map exists an
 (`repro.engines.torch.metrics.metric_values`), so a batch needs little more than a plain forward pass of it.
 """
 import contextlib
+import math
 import os
 
 import numpy as np
@@ -20,7 +21,7 @@ from repro import checkpoints
 from repro.engines import loss_scale
 from repro.engines.torch import metrics as torch_metrics
 from repro.engines.torch.models import build, restore
-from repro.protocol import PERTURBATIONS, StudyFlow
+from repro.protocol import CW_KAPPA, PERTURBATIONS, StudyFlow
 from repro.taps import taps_for
 
 PRECISIONS = ("float32", "tf32", "bf16", "fp16")
@@ -106,6 +107,21 @@ def out_of_memory(error, device=None):
     return "cpu: {}".format(host_memory())
 
 
+def attack_loss(logits, targets, attack="targeted"):
+    """The summed loss PGD descends (as `repro.engines.tensorflow.attacks.attack_loss`): cross-entropy to the
+    targets, its negative for the true labels (untargeted), or the Carlini–Wagner margin (cw)."""
+    if attack == "targeted":
+        return F.cross_entropy(logits, targets, reduction="sum")
+    if attack == "untargeted":
+        return -F.cross_entropy(logits, targets, reduction="sum")
+    if attack == "cw":
+        mask = F.one_hot(targets, logits.shape[1]).bool()
+        target_logit = logits.masked_fill(~mask, 0.0).sum(dim=1)
+        best_other = logits.masked_fill(mask, -math.inf).amax(dim=1)
+        return torch.clamp(best_other - target_logit, min=-CW_KAPPA).sum()
+    raise ValueError("unknown attack {!r}".format(attack))
+
+
 @contextlib.contextmanager
 def attack_precision(precision, device):
     """The attack loop's arithmetic, around its forward and backward passes; everything outside it stays float32
@@ -145,7 +161,7 @@ class RestoredNet:
     def tensor(self, array):
         return torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32)).to(self.device)
 
-    def pgd(self, clean, adversarial, targets, steps, epsilon_pixels, step_pixels):
+    def pgd(self, clean, adversarial, targets, steps, epsilon_pixels, step_pixels, attack="targeted"):
         """``steps`` targeted PGD steps (SPEC §3) from ``adversarial``; tensors in, (tensor, finite) out. As
         `repro.engines.tensorflow.attacks.pgd_targeted`: the gradient of the summed cross-entropy to the targets
         w.r.t. the input, adv ← clip(adv − α·sign(∇), lo, hi), lo/hi = clip(x ∓ ε, −1, 1); the start is projected
@@ -161,7 +177,7 @@ class RestoredNet:
             adversarial = adversarial.detach().requires_grad_(True)
             with attack_precision(self.precision, self.device):
                 logits = self.model(adversarial)
-                loss = F.cross_entropy(logits.float(), targets, reduction="sum")
+                loss = attack_loss(logits.float(), targets, attack)
                 if scale is not None:
                     loss = loss * scale
                 gradient, = torch.autograd.grad(loss, adversarial)
@@ -191,7 +207,7 @@ class TorchStudy(StudyFlow, RestoredNet):
         config = self.config
         result, finite = self.pgd(self.tensor(clean), self.tensor(adversarial),
                                   torch.from_numpy(np.asarray(targets, np.int64)).to(self.device), steps,
-                                  config.epsilon, config.step_size)
+                                  config.epsilon, config.step_size, config.attack)
         return result.cpu().numpy(), finite
 
     def measure(self, clean, random_noise, adversarial, feature_blocks=()):
@@ -259,6 +275,8 @@ class TorchClassifier(RestoredNet):
 
 
 class TorchAttackModel(RestoredNet):
+    attack = "targeted"
+
     def clean_predictions(self, images_bgr):
         from repro.data import to_model_space
         with torch.no_grad():
@@ -267,7 +285,7 @@ class TorchAttackModel(RestoredNet):
     def adversarial_predictions(self, clean, start, targets, steps, epsilon, step_size):
         adversarial, finite = self.pgd(self.tensor(clean), self.tensor(start),
                                        torch.from_numpy(np.asarray(targets, np.int64)).to(self.device), steps, epsilon,
-                                       step_size)
+                                       step_size, self.attack)
         with torch.no_grad():
             return self.model(adversarial).argmax(dim=1).cpu().numpy(), finite
 
@@ -280,8 +298,10 @@ def classifier(spec, checkpoint, device=None, deterministic=True):
     return TorchClassifier(spec, checkpoint, device=device, deterministic=deterministic)
 
 
-def attack_model(spec, checkpoint, precision="float32", device=None, deterministic=True):
-    return TorchAttackModel(spec, checkpoint, precision, device, deterministic)
+def attack_model(spec, checkpoint, precision="float32", device=None, deterministic=True, attack="targeted"):
+    model = TorchAttackModel(spec, checkpoint, precision, device, deterministic)
+    model.attack = attack
+    return model
 
 
 def per_channel(metric, reference, perturbed, **options):
