@@ -443,6 +443,32 @@ def paired_difference(after, before):
     return result
 
 
+def _images_by_model(statistics):
+    """{model: [each image's {(perturbation, metric, block_index): value}]}."""
+    images = {}
+    for (model, _), values in statistics.image_values.items():
+        images.setdefault(model, []).append(values)
+    return images
+
+
+def _paired(images, after_key, before_key):
+    """`paired_difference` of the images holding both observations; the others are left out and counted."""
+    pairs = [(values[after_key], values[before_key]) for values in images
+             if after_key in values and before_key in values]
+    after, before = (np.array([pair[k] for pair in pairs], dtype=np.float64) for k in (0, 1))
+    return dict(n_left_out=len(images) - len(pairs), **paired_difference(after, before))
+
+
+def _holm_family(family):
+    """Holm's adjustment of both tests over one family of rows, and ``significant`` (adjusted t-test p < 0.05)."""
+    for test in ("p_t", "p_wilcoxon"):
+        for row, adjusted in zip(family, holm([row[test] for row in family])):
+            row[test + "_holm"] = adjusted
+    for row in family:
+        row["significant"] = bool(row["p_t_holm"] < SIGNIFICANCE)
+    return family
+
+
 def contrasts_frame(statistics, block_table):
     """The paired contrast adversarial − random per model × metric × block (SPEC §9): for each image, its
     adversarial minus its random observation at the block (each the image's mean over finite channel values, as in
@@ -451,32 +477,62 @@ def contrasts_frame(statistics, block_table):
     CONTRASTS_FRAME_COLUMNS."""
     table = _as_frame(block_table, BLOCK_TABLE_COLUMNS, "block_table")
     blocks = {(row.model, int(row.block_index)): row for row in table.itertuples(index=False)}
-    images = {}
-    for (model, image), values in statistics.image_values.items():
-        images.setdefault(model, []).append(values)
+    images = _images_by_model(statistics)
     rows = []
     families = sorted({(model, metric) for model, _, metric, _ in statistics.keys() if model in images})
     for model, metric in families:
         family = []
         for block_index in sorted({key[3] for key in statistics.keys() if key[0] == model and key[2] == metric}):
-            pairs = [(values[("adversarial", metric, block_index)], values[("random", metric, block_index)])
-                     for values in images[model]
-                     if ("adversarial", metric, block_index) in values and ("random", metric, block_index) in values]
-            after, before = (np.array([pair[k] for pair in pairs]) for k in (0, 1))
             block = blocks[(model, block_index)]
             family.append(dict(
                 model=model, metric=metric, contrast="adversarial-random", block_index=block_index,
                 depth_from_end=int(block.depth_from_end), tap=str(block.tap), channels=int(block.channels),
-                height=int(block.height), width=int(block.width), n_left_out=len(images[model]) - len(pairs),
-                **paired_difference(after, before)))
-        for test in ("p_t", "p_wilcoxon"):
-            for row, adjusted in zip(family, holm([row[test] for row in family])):
-                row[test + "_holm"] = adjusted
-        for row in family:
-            row["significant"] = bool(row["p_t_holm"] < SIGNIFICANCE)
-        rows += family
+                height=int(block.height), width=int(block.width),
+                **_paired(images[model], ("adversarial", metric, block_index), ("random", metric, block_index))))
+        rows += _holm_family(family)
     frame = pd.DataFrame(rows, columns=list(CONTRASTS_FRAME_COLUMNS))
     return frame.sort_values(["model", "metric", "block_index"], kind="stable").reset_index(drop=True)
+
+
+DENOISING_FRAME_COLUMNS = (
+    "model", "perturbation", "metric", "operation", "block_index", "depth_from_end", "tap_before", "tap_after", "n",
+    "n_left_out", "mean", "sd", "ci95_low", "ci95_high", "t", "p_t", "p_t_holm", "wilcoxon_statistic", "p_wilcoxon",
+    "p_wilcoxon_holm", "significant",
+)
+
+
+def denoising_frame(statistics, block_table):
+    """The denoising effect (SPEC §9) per model × perturbation × metric × denoising operation: for each image, its
+    observation at the operation's output minus that at the block output entering it (both taps of a ``--tap both``
+    run, `repro.taps.denoising_pairs`); left-out images counted as in `contrasts_frame`, Holm over the operations of
+    one model, perturbation and metric. ``block_index``/``depth_from_end`` are the operation's tap's;
+    ``operation`` its scope (``group2/block5/non_local``, ``group3_denoise``). Empty without such pairs. Columns:
+    DENOISING_FRAME_COLUMNS."""
+    from repro.taps import denoising_pairs
+    table = _as_frame(block_table, BLOCK_TABLE_COLUMNS, "block_table")
+    images = _images_by_model(statistics)
+    rows = []
+    for model, blocks in table.sort_values("block_index", kind="stable").groupby("model", sort=True):
+        pairs = denoising_pairs(blocks.to_dict("records"))
+        if not pairs or model not in images:
+            continue
+        present = {key[1:] for key in statistics.keys() if key[0] == model}
+        for perturbation, metric in sorted({(p, m) for p, m, _ in present}):
+            family = []
+            for before, after in pairs:
+                after_index, before_index = int(after["block_index"]), int(before["block_index"])
+                if (perturbation, metric, after_index) not in present:
+                    continue
+                family.append(dict(
+                    model=model, perturbation=perturbation, metric=metric,
+                    operation=str(after["tap"]).rsplit("/add", 1)[0], block_index=after_index,
+                    depth_from_end=int(after["depth_from_end"]), tap_before=str(before["tap"]),
+                    tap_after=str(after["tap"]),
+                    **_paired(images[model], (perturbation, metric, after_index),
+                              (perturbation, metric, before_index))))
+            rows += _holm_family(family)
+    frame = pd.DataFrame(rows, columns=list(DENOISING_FRAME_COLUMNS))
+    return frame.sort_values(["model", "perturbation", "metric", "block_index"], kind="stable").reset_index(drop=True)
 
 
 def wilson_interval(successes, n, z=Z_95):

@@ -117,7 +117,9 @@ def parse_args(argv=None):
                              "Carlini–Wagner margin on the logits)")
     parser.add_argument("--tap", choices=protocol.TAPS, default="block_output",
                         help="which tensor is a block's output: the residual block's ReLU, or (denoising "
-                             "models) the output of the denoising block that follows it")
+                             "models) the output of the denoising block that follows it, or both in one run "
+                             "(block_index then numbers the taps; denoising.csv: the change across each denoising "
+                             "operation)")
     parser.add_argument("--metrics", type=metric_list, default="default",
                         help="comma-separated metric names, or 'default' (the paper's frobenius, mse, sre, ssim "
                              "+ sre_eq, psnr, rmse, uiq, cosine, rel_l2), 'paper', 'extended' (default + the whole-map "
@@ -272,9 +274,10 @@ def study(argv=None):
     began = time.perf_counter()
     staging = runner.staging_folder(args.out)
     try:
-        blocks, images, summary, contrasts = runner.write_tables(
-            work, {name: list(done) for name, done in tabled.items()}, staging)
-        runner.write_figures(blocks, [s.name for s in specs], staging, config.metrics, contrasts)
+        tables = runner.write_tables(work, {name: list(done) for name, done in tabled.items()}, staging)
+        blocks, images, summary = tables.blocks, tables.images, tables.summary
+        runner.write_figures(blocks, [s.name for s in specs], staging, config.metrics, tables.contrasts,
+                             tables.denoising)
         for spec in specs:
             for name, source in scheduler.feature_map_figures(work, spec.name, tabled[spec.name]).items():
                 shutil.copyfile(source, staging / name)

@@ -421,7 +421,7 @@ def plot_feature_maps(panels, out_stem, title=None):
 
 def build_contrasts_figure(contrasts_df, metrics, column="mean", significant="significant",
                            xlabel="blocks before the end of the network (0 = final block)",
-                           ylabel="adversarial − random, per image", width=COLUMN_WIDTH_INCHES):
+                           ylabel="adversarial − random, per image", width=COLUMN_WIDTH_INCHES, legend_columns=4):
     """The paired contrasts (`repro.aggregate.contrasts_frame`, or the denoising effects of
     `repro.aggregate.denoising_frame`): per metric a panel, per model the mean paired difference at each block with
     its 95% t interval, aligned at the final block as Fig. 5.2; filled markers where the Holm-adjusted paired t-test
@@ -457,10 +457,19 @@ def build_contrasts_figure(contrasts_df, metrics, column="mean", significant="si
         handles += [Line2D([], [], marker="o", linestyle="", color="0.2", markersize=3, label="Holm p < 0.05"),
                     Line2D([], [], marker="o", linestyle="", markerfacecolor="none", color="0.2", markersize=3,
                            label="not significant")]
-        _legend_in_rows(figure, [handles], max_columns=4)
+        _legend_in_rows(figure, [handles], max_columns=legend_columns)
     return figure
 
 
 def plot_contrasts_figure(contrasts_df, out_stem, metrics, **options):
     """Build the contrasts figure and write it as ``out_stem.png`` and ``out_stem.pdf``."""
     return save_figure(build_contrasts_figure(contrasts_df, metrics, **options), out_stem)
+
+
+def plot_denoising_figure(denoising_df, out_stem, metrics):
+    """The denoising effects (`repro.aggregate.denoising_frame`) drawn as the contrasts are, one series per model and
+    perturbation, at the operations' taps; written as ``out_stem.png`` and ``out_stem.pdf``."""
+    series = denoising_df.assign(model=denoising_df["model"] + " · " + denoising_df["perturbation"])
+    return save_figure(build_contrasts_figure(
+        series, metrics, xlabel="taps before the end of the network (0 = final tap)",
+        ylabel="after − before denoising, per image", legend_columns=2), out_stem)

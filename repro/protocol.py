@@ -97,7 +97,7 @@ def attack_succeeded(attack, predictions, labels, targets):
     """Per image: the adversarial prediction is the target (targeted, cw), or anything but the label (untargeted)."""
     predictions = np.asarray(predictions)
     return predictions != np.asarray(labels) if attack == "untargeted" else predictions == np.asarray(targets)
-TAPS = ("block_output", "denoised")
+TAPS = ("block_output", "denoised", "both")
 LARGEST_SENSIBLE_EPSILON = 255.0      # pixels: beyond it the ε-ball holds every image
 
 

@@ -16,6 +16,7 @@ selection (``batch_plan``): batches left over from a larger ``--images`` are not
 Memory does not grow with the number of images: each batch's statistics go to disk, and the tables are
 made by merging the per-batch sufficient statistics (`repro.aggregate`).
 """
+import collections
 import contextlib
 import dataclasses
 import datetime
@@ -437,9 +438,13 @@ def git_state(paths=()):
     return {"commit": commit, "dirty": bool(changed), **({"uncommitted_changes": changed} if paths else {})}
 
 
+Tables = collections.namedtuple("Tables", "blocks images summary contrasts denoising")
+
+
 def write_tables(work, batches, out):
     """Merge the batches ``{model: [(first, last), …]}`` (committed, verified) into blocks.csv, images.csv,
-    summary.csv — exactly those batches, so the tables describe the requested selection and nothing else."""
+    summary.csv, contrasts.csv and (runs with ``--tap both`` on a denoising model) denoising.csv — exactly those
+    batches, so the tables describe the requested selection and nothing else. → `Tables`."""
     from repro import aggregate
     out = Path(out)
     statistics, tables, records = aggregate.BlockStatistics(), [], []
@@ -450,6 +455,7 @@ def write_tables(work, batches, out):
         records.extend(pd.read_csv(csv) for csv, _, _ in files)
     blocks = aggregate.blocks_frame(statistics, tables)
     contrasts = aggregate.contrasts_frame(statistics, tables)
+    denoising = aggregate.denoising_frame(statistics, tables)
     images = pd.concat(records, ignore_index=True) if records else pd.DataFrame()
     classified = images[images["error"].isna() | (images["error"] == "")] if len(images) else images
     attack = work.config.get("attack", "targeted")
@@ -459,7 +465,9 @@ def write_tables(work, batches, out):
     atomic_write_text(out / "images.csv", images.to_csv(index=False))
     atomic_write_text(out / "summary.csv", summary.to_csv(index=False))
     atomic_write_text(out / "contrasts.csv", contrasts.to_csv(index=False))
-    return blocks, images, summary, contrasts
+    if len(denoising):
+        atomic_write_text(out / "denoising.csv", denoising.to_csv(index=False))
+    return Tables(blocks, images, summary, contrasts, denoising)
 
 
 def figure_metrics(metrics):
@@ -470,7 +478,7 @@ def figure_metrics(metrics):
     return tuple(chosen or list(metrics)[:4])
 
 
-def write_figures(blocks, models, out, metrics, contrasts=None):
+def write_figures(blocks, models, out, metrics, contrasts=None, denoising=None):
     from repro import plots
     out = Path(out)
     written = []
@@ -480,6 +488,8 @@ def write_figures(blocks, models, out, metrics, contrasts=None):
     written += plots.plot_models_figure(blocks, out / "fig5_2", metrics=metrics, models=models)
     if contrasts is not None and len(contrasts):
         written += plots.plot_contrasts_figure(contrasts, out / "contrasts", metrics)
+    if denoising is not None and len(denoising):
+        written += plots.plot_denoising_figure(denoising, out / "denoising", metrics)
     return written
 
 

@@ -36,9 +36,45 @@ def denoised_tap_name(spec, group, block):
     return None
 
 
+def is_denoising(tap_name):
+    """Whether a tap is a denoising operation's output (not a residual block's)."""
+    return not tap_name.split(":")[0].endswith("block_output")
+
+
+def block_tap_names(tap, group, block, denoised):
+    """The tensor names (without ``:0``) tapped at residual block (group, block), in forward order: its
+    ``block_output`` (``tap='block_output'``), the denoising output after it where there is one (``'denoised'``,
+    ``denoised`` its name or None), or both, the block output first (``'both'``: the pair a denoising effect
+    compares, SPEC §9)."""
+    if tap not in TAPS:
+        raise ValueError("unknown tap {!r}: choose one of {}".format(tap, ", ".join(TAPS)))
+    output = "group{}/block{}/block_output".format(group, block)
+    if tap == "block_output" or denoised is None:
+        return [output]
+    return [denoised] if tap == "denoised" else [output, denoised]
+
+
+def numbered(taps):
+    """``[(group, block, name, channels, height, width)]`` in forward order → Taps numbered 1… in that order, with
+    ``depth_from_end`` counted in taps (0 = the last)."""
+    return [Tap(block_index=index + 1, depth_from_end=len(taps) - 1 - index, group=group, block=block,
+                tensor=name + ":0", channels=channels, height=height, width=width)
+            for index, (group, block, name, channels, height, width) in enumerate(taps)]
+
+
+def denoising_pairs(block_table):
+    """``[(before, after)]`` rows of one model's block table (a list of dicts in block_index order): each denoising
+    operation's tap and the block output that enters it, the tap just before it. Only ``--tap both`` has such
+    pairs: a ``--tap denoised`` table has none."""
+    return [(before, after) for before, after in zip(block_table, block_table[1:])
+            if is_denoising(after["tap"]) and not is_denoising(before["tap"])
+            and (before["group"], before["block"]) == (after["group"], after["block"])]
+
+
 def taps_for(spec, tap="block_output"):
     """The taps of ``spec``'s network read off its zoo entry, engine-neutral: the same table as
-    `repro.engines.tensorflow.taps.block_taps` reads off a built graph (tested)."""
+    `repro.engines.tensorflow.taps.block_taps` reads off a built graph (tested). With ``tap='both'`` each
+    block output is followed by the denoising output after it, if any; ``block_index`` numbers the taps."""
     if tap not in TAPS:
         raise ValueError("unknown tap {!r}: choose one of {}".format(tap, ", ".join(TAPS)))
     arch = spec.arch
@@ -50,11 +86,5 @@ def taps_for(spec, tap="block_output"):
                                                           arch.group_strides)):
         size = -(-size // stride)
         positions += [(group, block, channels * 4, size) for block in range(count)]
-    taps = []
-    for index, (group, block, channels, size) in enumerate(positions):
-        name = "group{}/block{}/block_output".format(group, block)
-        if tap == "denoised":
-            name = denoised_tap_name(spec, group, block) or name
-        taps.append(Tap(block_index=index + 1, depth_from_end=len(positions) - 1 - index, group=group, block=block,
-                        tensor=name + ":0", channels=channels, height=size, width=size))
-    return taps
+    return numbered([(group, block, name, channels, size, size) for group, block, channels, size in positions
+                     for name in block_tap_names(tap, group, block, denoised_tap_name(spec, group, block))])

@@ -790,6 +790,17 @@ def test_the_manifest_records_weights_of_another_precision(setup, tmp_path, capl
 
 # --- From curves to findings -----------------------------------------------------------------------------
 
+def per_image_values(out, model):
+    """{(image, perturbation, metric, block_index): value} read straight from a run's batch files."""
+    values = {}
+    for path in sorted((out / "work" / model).glob("batch-*.npz")):
+        with np.load(path, allow_pickle=False) as npz:
+            keys = [tuple(json.loads(str(key))) for key in npz["image_value_keys"]]
+            for image, row in zip(npz["image_ids"], npz["image_values"]):
+                values.update({(int(image),) + tuple(key): value for key, value in zip(keys, row)})
+    return values
+
+
 def test_contrasts_csv_is_scipys_paired_tests_on_the_per_image_values_in_the_batches(tmp_path):
     """Through the command line on a miniature run: every row of contrasts.csv equals scipy's ttest_rel and
     wilcoxon on the per-image values read straight from the batch files, with Holm's adjustment computed here
@@ -800,12 +811,7 @@ def test_contrasts_csv_is_scipys_paired_tests_on_the_per_image_values_in_the_bat
             "--metrics", "mse,ssim", "--out", str(out)]
     assert cli.run_main(evaluate.main, argv) == 0
     contrasts, blocks = pd.read_csv(out / "contrasts.csv"), pd.read_csv(out / "blocks.csv")
-    values = {}
-    for path in sorted((out / "work" / "ResNet").glob("batch-*.npz")):
-        with np.load(path, allow_pickle=False) as npz:
-            keys = [tuple(json.loads(str(key))) for key in npz["image_value_keys"]]
-            for image, row in zip(npz["image_ids"], npz["image_values"]):
-                values.update({(int(image),) + tuple(key): value for key, value in zip(keys, row)})
+    values = per_image_values(out, "ResNet")
     assert len(contrasts) == 2 * 14 and set(contrasts.contrast) == {"adversarial-random"}
     for metric in ("mse", "ssim"):
         rows = contrasts[contrasts.metric == metric].sort_values("block_index")
@@ -858,3 +864,77 @@ def test_the_other_attacks_beat_the_random_control_on_the_miniature_model(tmp_pa
     assert summary.loc["adversarial", "attack_success_rate"] > control + (0.2 if attack == "untargeted" else 0.05)
     assert json.loads((out / "manifest.json").read_text())["config"]["attack"] == attack
     assert cli.run_main(evaluate.main, [a if a != attack else "targeted" for a in argv]) == 2
+
+
+@pytest.mark.parametrize("engine", ["tensorflow", "torch"])
+def test_a_denoising_block_with_a_zero_branch_changes_nothing_across_it(tmp_path, engine):
+    """γ = β = 0 in every denoising block's last batch norm: y = x + 0, so with --tap both each denoising output's
+    metrics equal its block output's, image by image — every change in denoising.csv is exactly 0."""
+    if engine == "torch":
+        pytest.importorskip("torch")
+    source = zoo.REPO_ROOT / "mini_zoo" / "ResNeXtDenoiseAll.npz"
+    with np.load(source) as npz:
+        arrays = {name: npz[name] for name in npz.files}
+    zeroed = [name for name in arrays if "non_local/conv/bn/" in name and name.endswith(("gamma:0", "beta:0"))]
+    assert len(zeroed) == 2 * sum(zoo.get_model("ResNeXtDenoiseAll", "mini").arch.blocks_per_group)
+    np.savez(tmp_path / "zero.npz", **{name: np.zeros_like(a) if name in zeroed else a for name, a in arrays.items()})
+    out = tmp_path / "out"
+    assert cli.run_main(evaluate.main, [
+        "--zoo", "mini", "--model", "ResNeXtDenoiseAll", "--load", str(tmp_path / "zero.npz"), "--images", "4",
+        "--batch", "4", "--attack-iter", "2", "--metrics", "mse,ssim,cka", "--tap", "both", "--engine", engine,
+        "--visualize", "0", "--out", str(out)]) == 0
+    denoising = pd.read_csv(out / "denoising.csv")
+    blocks = zoo.get_model("ResNeXtDenoiseAll", "mini").arch.blocks_per_group
+    assert len(denoising) == sum(blocks) * 2 * 3 and (denoising.n == 4).all() and (denoising.n_left_out == 0).all()
+    assert (denoising["mean"] == 0).all() and (denoising["sd"] == 0).all() and not denoising.significant.any()
+    values = per_image_values(out, "ResNeXtDenoiseAll")
+    for row in denoising.itertuples():
+        for image in range(4):
+            assert values[(image, row.perturbation, row.metric, row.block_index)] == \
+                values[(image, row.perturbation, row.metric, row.block_index - 1)]
+    assert {"denoising.csv", "denoising.png"} <= set(json.loads((out / "manifest.json").read_text())["outputs"])
+
+
+def test_the_denoising_effect_is_the_difference_of_the_two_taps_run_apart(tmp_path):
+    """--tap both on the miniature ResNetDenoise equals a --tap block_output run and a --tap denoised run with the same
+    draws: the 'before' values are the first's, the 'after' values the second's, image by image; denoising.csv is
+    scipy's paired tests on their differences, Holm over the four group ends by hand."""
+    from scipy import stats
+    runs = {}
+    for tap in ("both", "block_output", "denoised"):
+        runs[tap] = tmp_path / tap
+        assert cli.run_main(evaluate.main, [
+            "--zoo", "mini", "--model", "ResNetDenoise", "--images", "10", "--batch", "5", "--attack-iter", "3",
+            "--metrics", "mse,ssim", "--tap", tap, "--visualize", "0", "--out", str(runs[tap])]) == 0
+    assert not (runs["block_output"] / "denoising.csv").exists() and not (runs["denoised"] / "denoising.csv").exists()
+    denoising = pd.read_csv(runs["both"] / "denoising.csv")
+    table = pd.read_csv(runs["both"] / "blocks.csv")
+    assert sorted(set(denoising.operation)) == ["group{}_denoise".format(g) for g in range(4)]
+    values = {tap: per_image_values(folder, "ResNetDenoise") for tap, folder in runs.items()}
+    for (perturbation, metric), rows in denoising.groupby(["perturbation", "metric"]):
+        p_values = []
+        for row in rows.sort_values("block_index").itertuples():
+            group = int(row.operation[len("group"):].split("_")[0])
+            block = zoo.get_model("ResNetDenoise", "mini").arch.blocks_per_group[group] - 1
+            residual = sum(zoo.get_model("ResNetDenoise", "mini").arch.blocks_per_group[:group]) + block + 1
+            before = np.array([values["block_output"][(i, perturbation, metric, residual)] for i in range(10)])
+            after = np.array([values["denoised"][(i, perturbation, metric, residual)] for i in range(10)])
+            assert [values["both"][(i, perturbation, metric, row.block_index - 1)] for i in range(10)] == \
+                pytest.approx(before, rel=1e-12)
+            assert [values["both"][(i, perturbation, metric, row.block_index)] for i in range(10)] == \
+                pytest.approx(after, rel=1e-12)
+            assert row.tap_before == "group{}/block{}/block_output".format(group, block)
+            assert row.tap_after == "group{}_denoise/add".format(group)
+            test = stats.ttest_rel(after, before)
+            assert row.mean == pytest.approx(np.mean(after - before), rel=1e-9, abs=1e-15)
+            assert (row.t, row.p_t) == pytest.approx((test.statistic, test.pvalue), rel=1e-6)
+            p_values.append(test.pvalue)
+        order, running = np.argsort(p_values), 0.0
+        adjusted = np.empty(len(p_values))
+        for rank, index in enumerate(order):
+            running = max(running, min(1.0, (len(p_values) - rank) * p_values[index]))
+            adjusted[index] = running
+        np.testing.assert_allclose(rows.sort_values("block_index").p_t_holm, adjusted, rtol=1e-6)
+    # blocks.csv of the --tap both run: the block outputs and the denoising outputs, interleaved and numbered
+    assert len(table[(table.perturbation == "random") & (table.metric == "mse")]) == \
+        sum(zoo.get_model("ResNetDenoise", "mini").arch.blocks_per_group) + 4

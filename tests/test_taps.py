@@ -8,7 +8,7 @@ from repro import zoo
 from repro.engines.tensorflow.models import model_function
 from repro.engines.tensorflow.taps import block_taps
 from repro.engines.tensorflow.tfcompat import tf
-from repro.taps import TAPS, block_table
+from repro.taps import TAPS, block_table, denoising_pairs, is_denoising
 from tests.conftest import tiny_spec
 
 
@@ -110,13 +110,36 @@ def test_unknown_tap_and_graph_without_blocks_are_value_errors(tiny_graphs):
     _, graph = tiny_graphs["resnet"]
     with pytest.raises(ValueError, match="unknown tap 'relu'"):
         block_taps(graph, tap="relu")
-    assert TAPS == ("block_output", "denoised")
+    assert TAPS == ("block_output", "denoised", "both")
     empty = tf.Graph()
     with empty.as_default(), TowerContext("tower0", is_training=False):   # ops under tower0/
         model_function(tiny_spec("resnet"))(tf.zeros([1, 3, 64, 64]))
     assert "tower0/group0/block0/block_output" in {op.name for op in empty.get_operations()}
     with pytest.raises(ValueError, match="no groupG/blockB/block_output ops"):
         block_taps(empty)
+
+
+def test_both_taps_put_each_denoising_output_right_after_the_block_output_it_denoises(tiny_graphs):
+    for family in ("resnet_denoise", "resnext_denoise_all", "resnet"):
+        spec, graph = tiny_graphs[family]
+        outputs, denoised, both = (block_taps(graph, tap=tap) for tap in ("block_output", "denoised", "both"))
+        # a denoising operation after each group's last block, after every block, or none
+        denoised_count = {"resnet_denoise": 4, "resnext_denoise_all": len(outputs), "resnet": 0}[family]
+        assert len(both) == len(outputs) + denoised_count
+        assert [t.block_index for t in both] == list(range(1, len(both) + 1))
+        assert [t.depth_from_end for t in both] == list(range(len(both) - 1, -1, -1))
+        assert [t.name for t in both if not is_denoising(t.name)] == [t.name for t in outputs]
+        assert [t.name for t in both if is_denoising(t.name)] == [t.name for t in denoised if is_denoising(t.name)]
+        rows = block_table("Tiny", both)
+        pairs = denoising_pairs(rows)
+        assert len(pairs) == denoised_count
+        for before, after in pairs:
+            assert after["block_index"] == before["block_index"] + 1 and before["tap"].endswith("block_output")
+            assert (before["group"], before["block"], before["channels"], before["height"]) == \
+                (after["group"], after["block"], after["channels"], after["height"])
+        _check_tap_fields(graph, both, [t.name for t in both])
+    for tap in ("denoised", "block_output"):          # no block output followed by its denoising output
+        assert denoising_pairs(block_table("Tiny", block_taps(tiny_graphs["resnext_denoise_all"][1], tap=tap))) == []
 
 
 def test_block_table_rows(tiny_graphs):

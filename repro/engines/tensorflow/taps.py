@@ -3,7 +3,7 @@
 import re
 
 from repro.protocol import TAPS
-from repro.taps import Tap
+from repro.taps import block_tap_names, numbered
 
 _BLOCK_OUTPUT = re.compile(r"^group(\d+)/block(\d+)/block_output$")
 
@@ -26,6 +26,7 @@ def block_taps(graph, tap="block_output"):
     ``groupG/blockB/block_output``; ``tap='denoised'`` taps, for blocks followed by a denoising block,
     its output instead (see `_denoised_name`) — the feature map that the next block receives. Which one
     the paper used is not stated (SPEC §4). Blocks without a denoising block keep ``block_output``.
+    ``tap='both'`` taps the block output and, after it, the denoising output (`repro.taps.block_tap_names`).
     """
     if tap not in TAPS:
         raise ValueError("unknown tap {!r}: choose one of {}".format(tap, ", ".join(TAPS)))
@@ -37,12 +38,9 @@ def block_taps(graph, tap="block_output"):
     for group, block in positions:
         last_block[group] = max(block, last_block.get(group, -1))
     taps = []
-    for index, (group, block) in enumerate(positions):
-        name = "group{}/block{}/block_output".format(group, block)
-        if tap == "denoised":
-            name = _denoised_name(ops, group, block, block == last_block[group]) or name
-        tensor = graph.get_tensor_by_name(name + ":0")
-        channels, height, width = tensor.shape.as_list()[1:]
-        taps.append(Tap(block_index=index + 1, depth_from_end=len(positions) - 1 - index, group=group,
-                        block=block, tensor=name + ":0", channels=channels, height=height, width=width))
-    return taps
+    for group, block in positions:
+        denoised = _denoised_name(ops, group, block, block == last_block[group])
+        for name in block_tap_names(tap, group, block, denoised):
+            channels, height, width = graph.get_tensor_by_name(name + ":0").shape.as_list()[1:]
+            taps.append((group, block, name, channels, height, width))
+    return numbered(taps)
