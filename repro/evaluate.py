@@ -12,6 +12,7 @@ Every batch is committed atomically to ``--out``/work; re-running the same comma
 """
 import argparse
 import collections
+import itertools
 import json
 import logging
 import os
@@ -25,6 +26,7 @@ if __package__ in (None, ""):
     sys.path[0] = str(Path(__file__).resolve().parent.parent)
 
 from repro import cli, engines, protocol, zoo
+from repro.fileio import atomic_write_text
 
 log = logging.getLogger("repro.evaluate")
 SELECTION_RULE = "select_images(seeded class round-robin)"
@@ -104,17 +106,22 @@ def parse_args(argv=None):
                         help="number of validation images (the paper used 100), chosen by a seeded round-robin "
                              "over classes so they span many classes")
     parser.add_argument("--batch", type=int, default=4, help="images per batch (one commit per batch)")
-    parser.add_argument("--attack-iter", type=int, default=100, help="PGD steps (the paper: 100)")
-    parser.add_argument("--attack-epsilon", type=cli.finite_float, default=16.0,
-                        help="L∞ bound ε in pixels out of 255 (the paper: 16), for PGD and the random noise")
+    parser.add_argument("--attack-iter", type=int, nargs="+", default=100,
+                        help="PGD steps (the paper: 100); several values sweep (see --attack)")
+    parser.add_argument("--attack-epsilon", type=cli.finite_float, nargs="+", default=16.0,
+                        help="L∞ bound ε in pixels out of 255 (the paper: 16), for PGD and the random noise; several "
+                             "values sweep (see --attack)")
     parser.add_argument("--attack-step-size", type=cli.finite_float, default=1.0,
                         help="PGD step α in pixels; the rule α = max(step, ε/steps) of Xie et al. applies")
     parser.add_argument("--noise", choices=protocol.NOISES, default="uniform",
                         help="random perturbation: each pixel U(-ε, ε), or ±ε")
-    parser.add_argument("--attack", choices=protocol.ATTACKS, default="targeted",
+    parser.add_argument("--attack", choices=protocol.ATTACKS, nargs="+", default="targeted",
                         help="the attack, in the same ε-ball with the same step rule and draws: targeted (the paper's: "
                              "a random other class), untargeted (away from the true label), cw (targeted, the "
-                             "Carlini–Wagner margin on the logits)")
+                             "Carlini–Wagner margin on the logits). Several values of --attack, --attack-epsilon, "
+                             "--attack-iter sweep: every combination is its own run in --out/eps<ε>-k<steps>-<attack>/ "
+                             "(resumable on its own), sweep.csv combines their blocks.csv with the setting as "
+                             "columns, sweep.png draws metric × setting")
     parser.add_argument("--tap", choices=protocol.TAPS, default="block_output",
                         help="which tensor is a block's output: the residual block's ReLU, or (denoising "
                              "models) the output of the denoising block that follows it, or both in one run "
@@ -152,6 +159,18 @@ def parse_args(argv=None):
     parser.add_argument("--attack-chunk", type=int, default=10, help="PGD steps per session run (progress)")
     engines.add_arguments(parser)
     args = parser.parse_args(argv)
+    swept = {}
+    for name, _ in SWEPT:
+        values = getattr(args, name)
+        swept[name] = values if isinstance(values, list) else [values]
+        if len(set(swept[name])) < len(swept[name]):
+            parser.error("--{} lists a value twice: {}".format(name.replace("_", "-"), " ".join(map(str, swept[name]))))
+    if any(value < 0 for name in ("attack_iter", "attack_epsilon") for value in swept[name]):
+        parser.error("--attack-iter, --attack-epsilon and --attack-step-size must not be negative")
+    args.sweep = list(itertools.product(*(swept[name] for name, _ in SWEPT)))
+    args.attack_epsilon, args.attack_iter, args.attack = args.sweep[0]
+    if len(args.sweep) == 1:
+        args.sweep = None
     for name in ("images", "batch", "attack_chunk", "workers"):
         if getattr(args, name) is not None and getattr(args, name) < 1:
             parser.error("--{} must be at least 1".format(name.replace("_", "-")))
@@ -167,6 +186,16 @@ def parse_args(argv=None):
         parser.error("--visualize takes 0 to {} channels per block (the panels of {} blocks × K channels make one "
                      "figure), got {}".format(MAX_VISUALIZE, len(VISUALIZED_BLOCKS), args.visualize))
     return args
+
+
+SWEPT = (("attack_epsilon", "epsilon"), ("attack_iter", "attack_iter"), ("attack", "attack"))
+"""The options a sweep may vary (argparse's name, the column of sweep.csv), in the order of a setting."""
+SWEEP_FILES = ("sweep.csv", "sweep_summary.csv")
+
+
+def setting_folder(epsilon, iterations, attack):
+    """The subfolder of a sweep's --out for one setting, e.g. ``eps16-k100-targeted``."""
+    return "eps{:g}-k{}-{}".format(epsilon, iterations, attack)
 
 
 def study_config(args):
@@ -192,8 +221,8 @@ def main(argv=None):
     """The command line: run the study (`study`) and show its summary."""
     tables = study(argv)
     if tables is not None and len(tables.summary):
-        log.info("\n%s", tables.summary[["model", "perturbation", "n_images", "top1_accuracy", "attack_success_rate"]]
-                 .to_string(index=False))
+        shown = ["model", "perturbation", "n_images", "top1_accuracy", "attack_success_rate"]
+        log.info("\n%s", tables.summary[["setting"] * ("setting" in tables.summary) + shown].to_string(index=False))
     return 0
 
 
@@ -202,14 +231,86 @@ StudyTables = collections.namedtuple("StudyTables", "blocks images summary")
 
 def study(argv=None):
     """Run the study as the command line ``argv`` asks; returns its tables (`StudyTables`: blocks, images,
-    summary as DataFrames, also written to ``--out``)."""
+    summary as DataFrames, also written to ``--out``; for a sweep, the settings' tables with the setting as
+    columns)."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parse_args(argv)
+    cli.setup_logging()
+    return run_sweep(args) if args.sweep else run_study(args)
+
+
+def run_sweep(args):
+    """Each setting of the sweep (`SWEPT`) as a run of its own in ``--out/<setting_folder>/`` (a finished one is
+    reused, an interrupted one resumes: its receipts are its own), then sweep.csv and sweep_summary.csv — the
+    settings' blocks.csv and summary.csv with the setting as columns — and the grid figure sweep.png/pdf,
+    published together with a manifest (`repro.runner.publish_outputs`). Returns the combined `StudyTables`."""
+    import copy
+
+    from repro import runner
+    out = Path(args.out)
+    cli.check_writable_folder(args.out)
+    if (out / "work").exists() or "sweep" not in _manifest_of(out, {"sweep": None}):
+        raise cli.UsageError("--out {} holds a single run, not a sweep: sweep into another folder".format(out))
+    started, parts = time.time(), []
+    for number, setting in enumerate(args.sweep, 1):
+        folder = setting_folder(*setting)
+        log.info("sweep %d/%d: %s", number, len(args.sweep), folder)
+        one = copy.copy(args)
+        one.attack_epsilon, one.attack_iter, one.attack = setting
+        one.sweep, one.out = None, str(out / folder)
+        one.save_adv = str(Path(args.save_adv) / folder) if args.save_adv else None
+        parts.append((setting, folder, run_study(one)))
+
+    def combined(table):
+        frames = []
+        for setting, folder, tables in parts:
+            frame = getattr(tables, table).copy()
+            for (_, column), value in reversed(list(zip(SWEPT, setting))):
+                frame.insert(0, column, value)
+            frame.insert(0, "setting", folder)
+            frames.append(frame)
+        return pd.concat(frames, ignore_index=True)
+
+    import pandas as pd
+    blocks, images, summary = (combined(table) for table in StudyTables._fields)
+    staging = runner.staging_folder(out)
+    try:
+        atomic_write_text(staging / "sweep.csv", blocks.to_csv(index=False))
+        atomic_write_text(staging / "sweep_summary.csv", summary.to_csv(index=False))
+        from repro import plots
+        plots.plot_sweep_figure(blocks, staging / "sweep", runner.figure_metrics(args.metrics),
+                                [folder for _, folder, _ in parts])
+        manifest = {"command": " ".join(sys.argv), "sweep": [
+            dict(zip([column for _, column in SWEPT], setting), folder=folder,
+                 manifest_sha256=runner.file_sha256(out / folder / "manifest.json"))
+            for setting, folder, _ in parts],
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
+            "wall_seconds": round(time.time() - started, 2)}
+        runner.publish_outputs(out, staging, manifest)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    log.info("wrote %s: %d settings, sweep.csv, sweep_summary.csv, sweep.png/pdf", out, len(parts))
+    return StudyTables(blocks, images, summary)
+
+
+def _manifest_of(folder, default):
+    """The manifest.json of ``folder`` as a dict; ``default`` where there is none."""
+    try:
+        manifest = json.loads((Path(folder) / "manifest.json").read_text())
+    except (OSError, ValueError):
+        return default
+    return manifest if isinstance(manifest, dict) else default
+
+
+def run_study(args):
+    """One run of the study (one setting): claim --out, compute what is missing, publish the tables."""
     from collections import defaultdict
 
     from repro import checkpoints, data, report, runner, scheduler
 
-    argv = list(sys.argv[1:] if argv is None else argv)
-    args = parse_args(argv)
-    cli.setup_logging()
+    if "sweep" in _manifest_of(args.out, {}):
+        raise cli.UsageError("--out {} holds a sweep: give the same options as it was run with, or another "
+                             "folder".format(args.out))
     started = time.time()
     if args.attack_epsilon > protocol.LARGEST_SENSIBLE_EPSILON:
         log.warning("--attack-epsilon %g is above 255: ε is in pixel units out of 255 (the paper's 16 means "

@@ -473,3 +473,50 @@ def plot_denoising_figure(denoising_df, out_stem, metrics):
     return save_figure(build_contrasts_figure(
         series, metrics, xlabel="taps before the end of the network (0 = final tap)",
         ylabel="after − before denoising, per image", legend_columns=2), out_stem)
+
+
+def build_sweep_figure(sweep_df, metrics, settings, width_per_setting=1.9):
+    """A sweep's grid (sweep.csv, `repro.evaluate.run_sweep`): a row of panels per metric, a column per setting
+    (``settings``: the ``setting`` values in order), blocks on x aligned at the final block as Fig. 5.2; per model
+    one colour, adversarial solid with its 95% band, random dashed; the y axis shared along a row, so the settings
+    compare at a glance."""
+    for setting in settings:
+        _check_frame(sweep_df[sweep_df["setting"] == setting])
+    metrics = [metric for metric in metrics if (sweep_df["metric"] == metric).any()]
+    models = ordered_models(sweep_df["model"].unique())
+    colours = {model: MODEL_COLOURS[i % len(MODEL_COLOURS)] for i, model in enumerate(models)}
+    with matplotlib.rc_context(PAPER_STYLE):
+        figure = _new_figure(0.6 + width_per_setting * len(settings), 0.8 + 1.3 * max(1, len(metrics)))
+        axes = figure.subplots(max(1, len(metrics)), len(settings), squeeze=False, sharey="row")
+        for row, metric in enumerate(metrics):
+            for column, setting in enumerate(settings):
+                axis = axes[row][column]
+                if row == 0:
+                    axis.set_title(setting, fontweight="bold")
+                if column == 0:
+                    axis.set_ylabel(metric_labels(metric)[1])
+                rows = sweep_df[(sweep_df["setting"] == setting) & (sweep_df["metric"] == metric)]
+                for model in models:
+                    for perturbation in PERTURBATION_ORDER:
+                        series = _series(rows, model, perturbation, metric)
+                        if series.empty:
+                            continue
+                        x = -series["depth_from_end"].to_numpy()
+                        if perturbation == "adversarial":
+                            axis.fill_between(x, _as_float(series["ci95_low"]), _as_float(series["ci95_high"]),
+                                              color=colours[model], alpha=0.15, linewidth=0)
+                        axis.plot(x, _as_float(series["mean"]), color=colours[model],
+                                  linestyle=PERTURBATION_LINESTYLES[perturbation], linewidth=0.9,
+                                  gid=f"mean_{perturbation}_{model}_{setting}")
+                axis.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
+        figure.supxlabel("blocks before the end of the network (0 = final block)")
+        handles = [Line2D([], [], color=colours[model], label=model) for model in models]
+        handles += [Line2D([], [], color="0.2", linestyle=PERTURBATION_LINESTYLES[p], label=p)
+                    for p in PERTURBATION_ORDER]
+        _legend_in_rows(figure, [handles], max_columns=5)
+    return figure
+
+
+def plot_sweep_figure(sweep_df, out_stem, metrics, settings):
+    """Build the sweep's grid figure and write it as ``out_stem.png`` and ``out_stem.pdf``."""
+    return save_figure(build_sweep_figure(sweep_df, metrics, settings), out_stem)

@@ -506,7 +506,8 @@ moving them is a rename on the same file system)."""
 
 OUTPUT_PATTERNS = ("blocks.csv", "images.csv", "summary.csv", "contrasts.csv", "denoising.csv", "report.html",
                    "fig5_1_*.png", "fig5_1_*.pdf", "fig5_2.png", "fig5_2.pdf", "feature_maps_*.png", "feature_maps_*.pdf",
-                   "contrasts.png", "contrasts.pdf", "denoising.png", "denoising.pdf")
+                   "contrasts.png", "contrasts.pdf", "denoising.png", "denoising.pdf", "sweep.csv", "sweep_summary.csv",
+                   "sweep.png", "sweep.pdf")
 """The files of ``--out`` that belong to a run's output set (besides those its manifest lists)."""
 
 

@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from repro import checkpoints, cli, evaluate, zoo
+from repro import checkpoints, cli, evaluate, runner, zoo
 from repro.classes import load_class_index
 from repro.engines.tensorflow import metrics
 from repro.engines.tensorflow.synthetic import write_synthetic_checkpoint
@@ -938,3 +938,53 @@ def test_the_denoising_effect_is_the_difference_of_the_two_taps_run_apart(tmp_pa
     # blocks.csv of the --tap both run: the block outputs and the denoising outputs, interleaved and numbered
     assert len(table[(table.perturbation == "random") & (table.metric == "mse")]) == \
         sum(zoo.get_model("ResNetDenoise", "mini").arch.blocks_per_group) + 4
+
+
+def test_a_sweep_is_its_settings_run_apart_and_a_killed_one_resumes(tmp_path, monkeypatch):
+    """--attack-epsilon 8 16 --attack targeted untargeted: four runs in subfolders; killed in its third setting, the
+    same command finishes it without recomputing the two finished ones; sweep.csv and sweep_summary.csv are the
+    settings' own tables with the setting as columns, and equal runs made one by one."""
+    from repro.engines.tensorflow import study_graph as study
+    base = ["--zoo", "mini", "--model", "ResNet", "--images", "4", "--batch", "2", "--attack-iter", "2",
+            "--metrics", "mse", "--visualize", "0"]
+    sweep = tmp_path / "sweep"
+    argv = base + ["--attack-epsilon", "8", "16", "--attack", "targeted", "untargeted", "--out", str(sweep)]
+    original, calls = study.StudyGraph.run_batch, {"n": 0}
+
+    def dies_in_the_third_setting(self, *args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:                          # 2 batches per setting: the second batch of the third
+            raise KeyboardInterrupt
+        return original(self, *args, **kwargs)
+
+    monkeypatch.setattr(study.StudyGraph, "run_batch", dies_in_the_third_setting)
+    assert cli.run_main(evaluate.main, argv) == 130
+    settings = ["eps8-k2-targeted", "eps8-k2-untargeted", "eps16-k2-targeted", "eps16-k2-untargeted"]
+    assert (sweep / settings[1] / "manifest.json").is_file() and not (sweep / "sweep.csv").exists()
+    receipts = {name: sorted(p.read_bytes() for p in (sweep / name / "work" / "ResNet").glob("*.json"))
+                for name in settings[:2]}
+    calls["n"] = -100
+    assert cli.run_main(evaluate.main, argv) == 0
+    assert calls["n"] == -100 + 3                    # the third setting's second batch and the fourth's two
+    assert {name: sorted(p.read_bytes() for p in (sweep / name / "work" / "ResNet").glob("*.json"))
+            for name in settings[:2]} == receipts
+    monkeypatch.setattr(study.StudyGraph, "run_batch", original)
+    combined, summary = pd.read_csv(sweep / "sweep.csv"), pd.read_csv(sweep / "sweep_summary.csv")
+    assert list(combined.columns[:4]) == ["setting", "epsilon", "attack_iter", "attack"]
+    assert list(combined.setting.unique()) == settings
+    assert not runner.verify_outputs(sweep)
+    manifest = json.loads((sweep / "manifest.json").read_text())
+    assert [entry["folder"] for entry in manifest["sweep"]] == settings
+    assert {"sweep.csv", "sweep_summary.csv", "sweep.png", "sweep.pdf"} <= set(manifest["outputs"])
+    for name, epsilon, attack in (("eps8-k2-untargeted", "8", "untargeted"), ("eps16-k2-targeted", "16", "targeted")):
+        alone = tmp_path / name
+        assert cli.run_main(evaluate.main, base + ["--attack-epsilon", epsilon, "--attack", attack,
+                                                   "--out", str(alone)]) == 0
+        for table, rows in (("blocks.csv", combined), ("summary.csv", summary)):
+            part = rows[rows.setting == name].drop(columns=["setting", "epsilon", "attack_iter", "attack"])
+            pd.testing.assert_frame_equal(part.reset_index(drop=True), pd.read_csv(alone / table))
+    # one folder, one kind: a sweep is not run into a single run's folder, nor a single run into a sweep's
+    assert cli.run_main(evaluate.main, base + ["--attack-epsilon", "4", "8", "--out", str(tmp_path / name)]) == 2
+    assert cli.run_main(evaluate.main, base + ["--out", str(sweep)]) == 2
+    with pytest.raises(SystemExit):
+        evaluate.parse_args(base + ["--attack-epsilon", "8", "8", "--out", str(tmp_path / "x")])
