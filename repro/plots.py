@@ -52,6 +52,8 @@ METRIC_LABELS = {
     "rel_l2": ("Relative L2", r"$\|A-B\|_F \,/\, \|A\|_F$"),
     "fsim": ("FSIM", "FSIM (1 = identical)"),
     "issm": ("ISSM", "ISSM"),
+    "amplification": ("Amplification", "map change / input change"),
+    "cka": ("Linear CKA", "CKA (1 = same)"),
 }
 
 # 7 pt text reads at one-column width; thin lines keep 50-block curves apart.

@@ -478,14 +478,43 @@ def figure_metrics(metrics):
     return tuple(chosen or list(metrics)[:4])
 
 
+def block_output_rows(blocks):
+    """The rows of the residual blocks' outputs, numbered as a ``--tap block_output`` run numbers them: a
+    ``--tap both`` table without the denoising taps between them (the paper's figures show blocks, not taps).
+    Tables with one tap per block (``block_output``, ``denoised``) are returned as they are."""
+    from repro.taps import is_denoising
+    parts = []
+    for _, rows in blocks.groupby("model", sort=False):
+        residual = ~rows["tap"].map(is_denoising)
+        if residual.all() or not residual.any():
+            parts.append(rows)
+            continue
+        rows = rows[residual].copy()
+        order = {index: rank for rank, index in enumerate(sorted(rows["block_index"].unique()))}
+        rows["block_index"] = rows["block_index"].map(order) + 1
+        rows["depth_from_end"] = len(order) - rows["block_index"]
+        parts.append(rows)
+    return pd.concat(parts, ignore_index=True) if parts else blocks
+
+
+WHOLE_MAP_FIGURE = "whole_map"
+"""The figure of the per-image whole-map measures (amplification, CKA) where a run computed them."""
+
+
 def write_figures(blocks, models, out, metrics, contrasts=None, denoising=None):
     from repro import plots
+    from repro.protocol import PER_IMAGE_METRICS
     out = Path(out)
     written = []
-    metrics = figure_metrics(metrics)
+    computed, metrics = metrics, figure_metrics(metrics)
+    blocks = block_output_rows(blocks)
     for model in models:
         written += plots.plot_model_figure(blocks, model, out / "fig5_1_{}".format(model), metrics=metrics)
     written += plots.plot_models_figure(blocks, out / "fig5_2", metrics=metrics, models=models)
+    whole_map = [metric for metric in PER_IMAGE_METRICS if metric in computed]
+    if whole_map:
+        written += plots.plot_models_figure(blocks, out / WHOLE_MAP_FIGURE, metrics=whole_map, models=models,
+                                            show_ci=True)
     if contrasts is not None and len(contrasts):
         written += plots.plot_contrasts_figure(contrasts, out / "contrasts", metrics)
     if denoising is not None and len(denoising):
@@ -507,7 +536,7 @@ moving them is a rename on the same file system)."""
 OUTPUT_PATTERNS = ("blocks.csv", "images.csv", "summary.csv", "contrasts.csv", "denoising.csv", "report.html",
                    "fig5_1_*.png", "fig5_1_*.pdf", "fig5_2.png", "fig5_2.pdf", "feature_maps_*.png", "feature_maps_*.pdf",
                    "contrasts.png", "contrasts.pdf", "denoising.png", "denoising.pdf", "sweep.csv", "sweep_summary.csv",
-                   "sweep.png", "sweep.pdf")
+                   "sweep.png", "sweep.pdf", "whole_map.png", "whole_map.pdf")
 """The files of ``--out`` that belong to a run's output set (besides those its manifest lists)."""
 
 

@@ -892,7 +892,9 @@ def test_a_denoising_block_with_a_zero_branch_changes_nothing_across_it(tmp_path
         for image in range(4):
             assert values[(image, row.perturbation, row.metric, row.block_index)] == \
                 values[(image, row.perturbation, row.metric, row.block_index - 1)]
-    assert {"denoising.csv", "denoising.png"} <= set(json.loads((out / "manifest.json").read_text())["outputs"])
+    # the whole-map measures computed (cka) have their figure beside the paper's
+    assert {"denoising.csv", "denoising.png", "whole_map.png"} <= set(
+        json.loads((out / "manifest.json").read_text())["outputs"])
 
 
 def test_the_denoising_effect_is_the_difference_of_the_two_taps_run_apart(tmp_path):

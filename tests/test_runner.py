@@ -109,3 +109,16 @@ def test_tables_hold_exactly_the_batches_asked_for(tmp_path):
     for batches, expected in (([(0, 1), (2, 3)], [0, 1, 2, 3]), ([(0, 1), (2, 2)], [0, 1, 2])):
         blocks, images = runner.write_tables(work, {"ResNet": batches}, tmp_path)[:2]
         assert blocks.n_images.tolist() == [len(expected)] and images.image.tolist() == expected
+
+
+def test_the_paper_figures_of_a_both_taps_run_show_the_block_outputs_numbered_as_blocks():
+    taps = ["group0/block0/block_output", "group0/block0/non_local/add", "group0/block1/block_output",
+            "group0/block1/non_local/add", "group1/block0/block_output", "group1/block0/non_local/add"]
+    both = pd.DataFrame({"model": "A", "perturbation": "random", "metric": "mse", "block_index": range(1, 7),
+                         "depth_from_end": range(5, -1, -1), "tap": taps, "mean": [1.0, 1.5, 2.0, 2.5, 3.0, 3.5]})
+    denoised = both.iloc[[1, 3, 5]].assign(model="B", block_index=[1, 2, 3], depth_from_end=[2, 1, 0])
+    shown = runner.block_output_rows(pd.concat([both, denoised], ignore_index=True))
+    a = shown[shown.model == "A"]
+    assert a.tap.tolist() == taps[::2] and a["mean"].tolist() == [1.0, 2.0, 3.0]
+    assert a.block_index.tolist() == [1, 2, 3] and a.depth_from_end.tolist() == [2, 1, 0]
+    pd.testing.assert_frame_equal(shown[shown.model == "B"].reset_index(drop=True), denoised.reset_index(drop=True))
