@@ -423,7 +423,7 @@ def plot_feature_maps(panels, out_stem, title=None):
 
 def build_contrasts_figure(contrasts_df, metrics, column="mean", significant="significant",
                            xlabel="blocks before the end of the network (0 = final block)",
-                           ylabel="adversarial − random, per image", width=COLUMN_WIDTH_INCHES, legend_columns=4):
+                           ylabel="adversarial − random, per image", width=COLUMN_WIDTH_INCHES, legend_columns=3):
     """The paired contrasts (`repro.aggregate.contrasts_frame`, or the denoising effects of
     `repro.aggregate.denoising_frame`): per metric a panel, per model the mean paired difference at each block with
     its 95% t interval, aligned at the final block as Fig. 5.2; filled markers where the Holm-adjusted paired t-test

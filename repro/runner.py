@@ -516,7 +516,7 @@ def write_figures(blocks, models, out, metrics, contrasts=None, denoising=None):
         written += plots.plot_models_figure(blocks, out / WHOLE_MAP_FIGURE, metrics=whole_map, models=models,
                                             show_ci=True)
     if contrasts is not None and len(contrasts):
-        written += plots.plot_contrasts_figure(contrasts, out / "contrasts", metrics)
+        written += plots.plot_contrasts_figure(block_output_rows(contrasts), out / "contrasts", metrics)
     if denoising is not None and len(denoising):
         written += plots.plot_denoising_figure(denoising, out / "denoising", metrics)
     return written
