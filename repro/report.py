@@ -161,6 +161,10 @@ def read_run(folder, validate=()):
     if not folder.is_dir():
         raise cli.UsageError("{} is not a folder: give the --out folder of a study (python -m repro evaluate … "
                              "--out {})".format(folder, folder))
+    if (folder / "sweep.csv").is_file():
+        settings = sorted(path.parent.name for path in folder.glob("*/blocks.csv"))
+        raise cli.UsageError("{} is a sweep: each setting's folder has its own report ({})".format(
+            folder, ", ".join(str(folder / name / REPORT_NAME) for name in settings[:3]) + (", …" if len(settings) > 3 else "")))
     if not (folder / "blocks.csv").is_file():
         raise cli.UsageError("{} has no blocks.csv, so it holds no finished study: run `python -m repro evaluate … "
                              "--out {}` (or add --aggregate-only to table the batches already in it)".format(

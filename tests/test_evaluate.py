@@ -985,6 +985,8 @@ def test_a_sweep_is_its_settings_run_apart_and_a_killed_one_resumes(tmp_path, mo
         for table, rows in (("blocks.csv", combined), ("summary.csv", summary)):
             part = rows[rows.setting == name].drop(columns=["setting", "epsilon", "attack_iter", "attack"])
             pd.testing.assert_frame_equal(part.reset_index(drop=True), pd.read_csv(alone / table))
+    from repro import report
+    assert cli.run_main(report.main, [str(sweep)]) == 2              # a sweep's reports are its settings'
     # one folder, one kind: a sweep is not run into a single run's folder, nor a single run into a sweep's
     assert cli.run_main(evaluate.main, base + ["--attack-epsilon", "4", "8", "--out", str(tmp_path / name)]) == 2
     assert cli.run_main(evaluate.main, base + ["--out", str(sweep)]) == 2
