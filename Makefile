@@ -4,18 +4,20 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat requirements.txt requirements-nodeps.txt | cksum | cut -d' ' -f1)
-TORCH_STAMP := $(VENV)/.installed-torch-$(shell cat requirements-torch.txt | cksum | cut -d' ' -f1)
+TORCH_STAMP := $(VENV)/.installed-torch-$(shell cat requirements-torch.txt requirements-models.txt requirements-models-nodeps.txt | cksum | cut -d' ' -f1)
 PYTEST_ARGS ?=
 
 .PHONY: venv venv-torch browser test test-fast demo clean-venv
 
 venv: $(STAMP)
 
-# The PyTorch engine's requirements: for the tests (parity with TensorFlow), not for `make demo`.
+# The PyTorch engine's requirements and the library models' (torchvision, timm): for the tests (parity with
+# TensorFlow, library models), not for `make demo`.
 venv-torch: $(TORCH_STAMP)
 
-$(TORCH_STAMP): $(STAMP) requirements-torch.txt
-	$(BIN)/python -m pip install --quiet -r requirements-torch.txt
+$(TORCH_STAMP): $(STAMP) requirements-torch.txt requirements-models.txt requirements-models-nodeps.txt
+	$(BIN)/python -m pip install --quiet -r requirements-torch.txt -r requirements-models.txt
+	$(BIN)/python -m pip install --quiet --no-deps -r requirements-models-nodeps.txt
 	rm -f $(VENV)/.installed-torch-*
 	touch $@
 

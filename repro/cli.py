@@ -116,6 +116,8 @@ def checkpoint_path(spec, load=None):
     from repro import resources
     if load:
         return Path(load)
+    if getattr(spec, "weights", None):          # a library model (repro.external): its file, or 'pretrained'
+        return Path(spec.weights)
     if spec.bundled_dir:
         return resources.data_dir(spec.bundled_dir) / spec.checkpoint
     return resources.checkpoint_dir() / spec.checkpoint

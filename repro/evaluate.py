@@ -93,12 +93,16 @@ def parse_args(argv=None):
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     parser.add_argument("--model", nargs="+", required=True,
                         help="zoo model name(s): ResNet (ResNet-152), ResNetDenoise (ResNet-152 + 4 Gaussian "
-                             "non-local blocks), ResNeXtDenoiseAll (ResNeXt-101 32×8d, non-local after every block)")
+                             "non-local blocks), ResNeXtDenoiseAll (ResNeXt-101 32×8d, non-local after every block); "
+                             "or a library's model (PyTorch engine): torchvision:NAME, timm:NAME, robustbench:NAME, "
+                             "with --weights or --pretrained")
     parser.add_argument("--zoo", default=zoo.DEFAULT_ZOO, choices=sorted(zoo.ZOOS), help="which model zoo")
     parser.add_argument("--depth", type=int, help="override the ResNet depth (50, 101, 152)")
-    parser.add_argument("--load", nargs="+",
+    parser.add_argument("--load", "--weights", nargs="+", dest="load",
                         help="checkpoint(s), one per --model (default: the zoo's file under checkpoints/ or "
-                             "$REPRO_CHECKPOINTS)")
+                             "$REPRO_CHECKPOINTS); for a library model its state dict (.pt, .pth, .safetensors, "
+                             "read without running pickled code)")
+    external_arguments(parser)
     parser.add_argument("--data", help="ImageNet validation folder (val/<wnid>/*.JPEG, or the folder of wnid "
                                        "subfolders itself); labels are indices of the wnids in sorted order. "
                                        "Not used with --zoo mini, which studies its own held-out test split")
@@ -157,8 +161,9 @@ def parse_args(argv=None):
                         help="study a checkpoint even when its clean accuracy on the studied images is far "
                              "below the published one")
     parser.add_argument("--attack-chunk", type=int, default=10, help="PGD steps per session run (progress)")
-    engines.add_arguments(parser)
+    engines.add_arguments(parser, engine_default=None)
     args = parser.parse_args(argv)
+    check_external_arguments(parser, args)
     swept = {}
     for name, _ in SWEPT:
         values = getattr(args, name)
@@ -191,6 +196,62 @@ def parse_args(argv=None):
 SWEPT = (("attack_epsilon", "epsilon"), ("attack_iter", "attack_iter"), ("attack", "attack"))
 """The options a sweep may vary (argparse's name, the column of sweep.csv), in the order of a setting."""
 SWEEP_FILES = ("sweep.csv", "sweep_summary.csv")
+
+
+def external_arguments(parser):
+    """The options of library models (`repro.external`): weights, taps, input convention; shared with validate."""
+    parser.add_argument("--pretrained", action="store_true",
+                        help="library models: the library's own pretrained weights (downloaded by it on first use)")
+    parser.add_argument("--taps", nargs="+", default=["auto"], metavar="NAME",
+                        help="library models: the modules whose outputs are tapped — 'auto' (the residual or "
+                             "transformer blocks of torchvision/timm ResNets, ConvNeXts, ViTs, Swins) or module names "
+                             "and fnmatch patterns (layer*.?)")
+    parser.add_argument("--list-taps", action="store_true",
+                        help="print each library model's modules with a feature-map output (what --taps can name) "
+                             "and exit")
+    parser.add_argument("--input-size", type=int, help="library models: input size (default: the library's)")
+    parser.add_argument("--mean", type=cli.finite_float, nargs=3, metavar=("R", "G", "B"),
+                        help="library models: per-channel mean of the 0–1 RGB input (default: the library's)")
+    parser.add_argument("--std", type=cli.finite_float, nargs=3, metavar=("R", "G", "B"),
+                        help="library models: per-channel std of the 0–1 RGB input (default: the library's)")
+
+
+def check_external_arguments(parser, args):
+    """The engine follows the models (a library model needs PyTorch), and the library models' options need one."""
+    from repro import external
+    named = [name for name in args.model if external.is_external(name)]
+    if args.engine is None:
+        args.engine = "torch" if named else engines.DEFAULT_ENGINE
+    if named and args.engine != "torch":
+        parser.error("{} is a PyTorch model: it runs with --engine torch (the TensorFlow engine computes the zoo's "
+                     "models)".format(named[0]))
+    used = [option for option, value in (("--pretrained", args.pretrained), ("--taps", args.taps != ["auto"]),
+                                         ("--list-taps", args.list_taps), ("--input-size", args.input_size),
+                                         ("--mean", args.mean), ("--std", args.std)) if value]
+    if used and not named:
+        parser.error("{} applies to library models (torchvision:NAME, timm:NAME, robustbench:NAME) only".format(used[0]))
+    if args.pretrained and args.load:
+        parser.error("give --weights (one per --model) or --pretrained, not both")
+
+
+def model_specs(args):
+    """The zoo record of each --model: a `repro.zoo.ModelSpec`, or for a library model its
+    `repro.external.ExternalSpec` (built once to find its taps)."""
+    from repro import external
+    loads = args.load or [None] * len(args.model)
+    return [external.spec_for(name, load, args.pretrained, args.taps, args.input_size, args.mean, args.std)
+            if external.is_external(name) else zoo.get_model(name, args.zoo, args.depth)
+            for name, load in zip(args.model, loads)]
+
+
+def print_taps(args):
+    """``--list-taps``: each library model's modules with a feature-map output."""
+    from repro import external
+    for name in args.model:
+        if external.is_external(name):
+            print("# {}: modules with a feature-map output (name, class, C×H×W); --taps takes names and patterns"
+                  .format(name))
+            print("\n".join(engines.load("torch").tap_lines(*external.split_name(name), args.input_size)))
 
 
 def setting_folder(epsilon, iterations, attack):
@@ -236,6 +297,8 @@ def study(argv=None):
     argv = list(sys.argv[1:] if argv is None else argv)
     args = parse_args(argv)
     cli.setup_logging()
+    if args.list_taps:
+        return print_taps(args)
     return run_sweep(args) if args.sweep else run_study(args)
 
 
@@ -306,7 +369,7 @@ def run_study(args):
     """One run of the study (one setting): claim --out, compute what is missing, publish the tables."""
     from collections import defaultdict
 
-    from repro import checkpoints, data, report, runner, scheduler
+    from repro import checkpoints, data, external, report, runner, scheduler
 
     if "sweep" in _manifest_of(args.out, {}):
         raise cli.UsageError("--out {} holds a sweep: give the same options as it was run with, or another "
@@ -315,7 +378,7 @@ def run_study(args):
     if args.attack_epsilon > protocol.LARGEST_SENSIBLE_EPSILON:
         log.warning("--attack-epsilon %g is above 255: ε is in pixel units out of 255 (the paper's 16 means "
                     "16/255), so every image's ε-ball holds every other image", args.attack_epsilon)
-    specs = [zoo.get_model(name, args.zoo, args.depth) for name in args.model]
+    specs = model_specs(args)
     checkpoint_paths = [cli.checkpoint_path(spec, load) for spec, load in
                         zip(specs, args.load or [None] * len(specs))]
     config = study_config(args)
@@ -336,6 +399,9 @@ def run_study(args):
     hashes, selection = {}, None
     if not args.aggregate_only:
         for spec, path in zip(specs, checkpoint_paths):
+            if external.is_external_spec(spec):
+                hashes[spec.name] = engines.load("torch").weights_for(spec).sha256
+                continue
             if not path.is_file():
                 raise cli.UsageError(cli.missing_checkpoint_message(spec, path))
             hashes[spec.name] = checkpoints.load_for(spec, path).sha256
@@ -528,9 +594,13 @@ def models_in_tables(spec, receipts):
     hashes = sorted({r["identity"]["model"]["checkpoint_sha256"] for r in receipts.values()})
     paths = sorted({r.get("checkpoint") for r in receipts.values() if r.get("checkpoint")})
     dtypes = [r["checkpoint_dtypes"] for r in receipts.values() if r.get("checkpoint_dtypes")]
-    return {"zoo": spec.zoo, "depth": spec.depth, "checkpoint": paths[0] if len(paths) == 1 else paths,
-            "sha256": hashes[0] if len(hashes) == 1 else hashes,
-            "weights_dtypes": dtypes[0] if dtypes and all(d == dtypes[0] for d in dtypes) else dtypes}
+    record = {"zoo": spec.zoo, "depth": spec.depth, "checkpoint": paths[0] if len(paths) == 1 else paths,
+              "sha256": hashes[0] if len(hashes) == 1 else hashes,
+              "weights_dtypes": dtypes[0] if dtypes and all(d == dtypes[0] for d in dtypes) else dtypes}
+    if hasattr(spec, "identity"):           # a library model: where it comes from, its input, how it is tapped
+        record.update(library_model={key: value for key, value in spec.identity().items() if key != "name"},
+                      tap_family=spec.family)
+    return record
 
 
 def console_main():

@@ -75,7 +75,10 @@ def result_config(study_config, selection_rule, batch_size, data_source=None, en
 
 
 def model_identity(spec, checkpoint_sha256):
-    """What a batch's numbers depend on about the model: the zoo entry, its architecture, the checkpoint."""
+    """What a batch's numbers depend on about the model: the zoo entry, its architecture, the checkpoint (a library
+    model: its source, library version, input convention and taps, `repro.external.ExternalSpec.identity`)."""
+    if hasattr(spec, "identity"):
+        return json_form(dict(spec.identity(), checkpoint_sha256=checkpoint_sha256))
     return json_form({"name": spec.name, "zoo": spec.zoo, "depth": spec.depth,
                       "architecture": dataclasses.asdict(spec.arch), "checkpoint_sha256": checkpoint_sha256})
 

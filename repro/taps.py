@@ -17,7 +17,7 @@ class Tap:
 
     @property
     def name(self):
-        return self.tensor[:-2]
+        return self.tensor[:-2] if self.tensor.endswith(":0") else self.tensor
 
 
 def block_table(model, taps):
@@ -77,6 +77,11 @@ def taps_for(spec, tap="block_output"):
     block output is followed by the denoising output after it, if any; ``block_index`` numbers the taps."""
     if tap not in TAPS:
         raise ValueError("unknown tap {!r}: choose one of {}".format(tap, ", ".join(TAPS)))
+    if getattr(spec, "taps", None) is not None:      # a library model (repro.external): the modules it names
+        if tap != "block_output":
+            raise ValueError("--tap {} needs denoising blocks, which {} does not have: library models are tapped at "
+                             "the modules --taps names".format(tap, spec.name))
+        return external_taps(spec)
     arch = spec.arch
     size = -(-arch.input_size // arch.stem_stride)
     if arch.stem_pool:
@@ -88,3 +93,18 @@ def taps_for(spec, tap="block_output"):
         positions += [(group, block, channels * 4, size) for block in range(count)]
     return numbered([(group, block, name, channels, size, size) for group, block, channels, size in positions
                      for name in block_tap_names(tap, group, block, denoised_tap_name(spec, group, block))])
+
+
+def external_taps(spec):
+    """The taps of a library model (`repro.external.ExternalSpec`): its tapped modules in forward order, ``group``
+    numbering their parent modules in order of appearance (a ResNet's ``layer1`` … ``layer4``, a ViT's one
+    encoder) and ``block`` their place under it."""
+    parents, rows = [], []
+    for tap in spec.taps:
+        parent = tap.name.rsplit(".", 1)[0] if "." in tap.name else ""
+        if parent not in parents:
+            parents.append(parent)
+        group = parents.index(parent)
+        block = sum(1 for row in rows if row[0] == group)
+        rows.append((group, block, tap.name, tap.channels, tap.height, tap.width))
+    return numbered(rows)

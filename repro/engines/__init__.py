@@ -163,11 +163,13 @@ def describe(engine, precision="float32", device=None, deterministic=True):
     return dict(load(engine).describe(device, deterministic=deterministic), engine=engine, precision=precision)
 
 
-def add_arguments(parser, precision=True):
-    """``--engine``, ``--device`` and (for the attack) ``--precision``: one definition for every command."""
-    parser.add_argument("--engine", choices=ENGINES, default=DEFAULT_ENGINE,
+def add_arguments(parser, precision=True, engine_default=DEFAULT_ENGINE):
+    """``--engine``, ``--device`` and (for the attack) ``--precision``: one definition for every command.
+    ``engine_default=None``: the command chooses after parsing (torch for library models, `repro.external`)."""
+    parser.add_argument("--engine", choices=ENGINES, default=engine_default,
                         help="what computes the models: tensorflow (the reference, tensorpack graphs) or torch "
-                             "(PyTorch, held to the reference by parity tests; GPUs)")
+                             "(PyTorch, held to the reference by parity tests; GPUs){}".format(
+                                 "" if engine_default else "; default: tensorflow, torch for library models"))
     parser.add_argument("--device", default=None,
                         help="torch engine: cpu, cuda, cuda:1, … (default: the first GPU if any, else the CPU); "
                              "the TensorFlow engine places ops itself (CUDA_VISIBLE_DEVICES chooses its GPUs) and "

@@ -150,10 +150,14 @@ class RestoredNet:
         self.spec, self.precision, self.device = spec, precision, resolve_device(device)
         self.deterministic = deterministic
         set_determinism(deterministic, self.device)
-        self.checkpoint = checkpoint if isinstance(checkpoint, checkpoints.Checkpoint) \
-            else checkpoints.read_checkpoint(checkpoint)
-        self.model = build(spec)
-        restore(self.model, self.checkpoint, spec)
+        if getattr(spec, "taps", None) is not None:     # a library model (repro.external)
+            from repro.engines.torch import external
+            self.model, self.checkpoint = external.restore(spec)
+        else:
+            self.checkpoint = checkpoint if isinstance(checkpoint, checkpoints.Checkpoint) \
+                else checkpoints.read_checkpoint(checkpoint)
+            self.model = build(spec)
+            restore(self.model, self.checkpoint, spec)
         self.model.to(self.device)
         for parameter in self.model.parameters():
             parameter.requires_grad_(False)
@@ -261,7 +265,8 @@ class TorchClassifier(RestoredNet):
         """{tap name: (N, C, H, W) float32} of the named taps (as `repro.engines.tensorflow.classifier_graph.Classifier.features`)."""
         from repro.data import to_model_space
         from repro.taps import taps_for
-        known = {t.name for kind in ("block_output", "denoised") for t in taps_for(self.spec, kind)}
+        kinds = ("block_output",) if getattr(self.spec, "taps", None) is not None else ("block_output", "denoised")
+        known = {t.name for kind in kinds for t in taps_for(self.spec, kind)}
         unknown = [name for name in names if name not in known]
         if unknown:
             raise ValueError("{} has no tensor {!r}: ask for block outputs (groupG/blockB/block_output) or, in "
