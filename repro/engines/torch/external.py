@@ -318,7 +318,7 @@ def state_dict_sha256(state_dict):
     for key in sorted(state_dict):
         value = state_dict[key].detach().cpu().contiguous()
         digest.update("{}|{}|{}\n".format(key, value.dtype, tuple(value.shape)).encode())
-        digest.update(value.view(torch.uint8).numpy().tobytes() if value.numel() else b"")
+        digest.update(value.reshape(-1).view(torch.uint8).numpy().tobytes() if value.numel() else b"")
     return digest.hexdigest()
 
 
@@ -388,12 +388,16 @@ def load_weights(network, state, label, path):
 
 
 def weights_for(spec, network=None):
-    """`ExternalWeights` of ``spec``: read from its file, or (pretrained) taken from the library's download."""
+    """`ExternalWeights` of ``spec``: read from its file and checked against the architecture (loaded strictly into
+    ``network``, default a fresh one), or (pretrained) taken from the library's download. The run calls it before
+    claiming ``--out``, so weights that do not fit leave it as it was."""
     if spec.weights == "pretrained":
         network = network or build_network(spec.source, spec.model, pretrained=True)
         state = {key: value.detach().clone() for key, value in network.state_dict().items()}
         return ExternalWeights("pretrained", state_dict_sha256(state), state)
-    return ExternalWeights(spec.weights, file_sha256(spec.weights), read_state_dict(spec.weights))
+    weights = ExternalWeights(spec.weights, file_sha256(spec.weights), read_state_dict(spec.weights))
+    load_weights(network or build_network(spec.source, spec.model), weights.state_dict, spec.name, spec.weights)
+    return weights
 
 
 # --- the network the study runs ---------------------------------------------------------------------------------
@@ -442,13 +446,10 @@ class ExternalNet(nn.Module):
         return (logits, tapped) if taps and on_tap is None else logits
 
 
-def restore(spec, weights=None):
+def restore(spec):
     """(`ExternalNet` of ``spec`` with its weights loaded strictly, `ExternalWeights`)."""
-    network = build_network(spec.source, spec.model, pretrained=False) if spec.weights != "pretrained" else \
-        build_network(spec.source, spec.model, pretrained=True)
-    weights = weights or weights_for(spec, network if spec.weights == "pretrained" else None)
-    if spec.weights != "pretrained":
-        load_weights(network, weights.state_dict, spec.name, spec.weights)
+    network = build_network(spec.source, spec.model, pretrained=spec.weights == "pretrained")
+    weights = weights_for(spec, network)
     for parameter in network.parameters():
         parameter.requires_grad_(False)
     return ExternalNet(network, spec).eval(), weights
