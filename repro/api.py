@@ -104,13 +104,33 @@ def _options(settings) -> List[str]:
     return argv
 
 
-def run_study(models: Union[str, Sequence[str]], data: Optional[str] = None, zoo: str = "imagenet",
-              images: int = 100, out: str = "results", **settings) -> "StudyTables":
+def run_study(models: Union[str, Sequence[str], Dict[str, object]], data: Optional[str] = None,
+              zoo: str = "imagenet", images: int = 100, out: str = "results", input: Optional[dict] = None,
+              **settings) -> "StudyTables":
     """The study (`repro.evaluate`) → its tables (blocks, images, summary) as DataFrames; the files are
     written to ``out`` as the command writes them. ``settings`` are the command's options by name, e.g.
-    ``attack_iter=10, metrics="paper", load=[...], engine="torch", workers=2``."""
+    ``attack_iter=10, metrics="paper", load=[...], engine="torch", workers=2``.
+
+    ``models`` may name library models (``"torchvision:resnet50"``, with ``weights=[path]`` or ``pretrained=True``)
+    or map names to ``torch.nn.Module`` objects — ``{"mine": module}``, studied in this process as ``module:mine``
+    with ``taps=[module names or patterns]`` (default ``auto``) and ``input=dict(size=224, mean=(…), std=(…))``,
+    the RGB 0–1 normalisation the module expects (default ImageNet's)."""
     from repro import evaluate
+    if isinstance(models, dict):
+        named = []
+        for name, value in models.items():
+            if isinstance(value, str):
+                named.append(value)
+            else:
+                from repro.engines.torch.external import register_module
+                named.append(register_module(name, value))
+        models = named
     models = [models] if isinstance(models, str) else list(models)
+    unknown = set(input or {}) - {"size", "mean", "std"}
+    if unknown:
+        raise ValueError("input takes size, mean and std, got {}".format(", ".join(sorted(unknown))))
+    settings = dict(settings, input_size=(input or {}).get("size"), mean=(input or {}).get("mean"),
+                    std=(input or {}).get("std"))
     argv = ["--model", *map(str, models), "--zoo", _zoo_name(zoo), "--images", str(images), "--out", str(out)] + \
         _options(dict(settings, data=data))
     return _checked(evaluate.study, argv)

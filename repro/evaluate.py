@@ -232,6 +232,9 @@ def check_external_arguments(parser, args):
         parser.error("{} applies to library models (torchvision:NAME, timm:NAME, robustbench:NAME) only".format(used[0]))
     if args.pretrained and args.load:
         parser.error("give --weights (one per --model) or --pretrained, not both")
+    objects = [name for name in named if name.startswith("module:")]
+    if objects and (getattr(args, "workers", None) or getattr(args, "ray", None)):
+        parser.error("{} is a model object of this process: it runs without --workers and --ray".format(objects[0]))
     if named and args.tap != "block_output":
         parser.error("--tap {} needs denoising blocks, which {} does not have: library models are tapped at the "
                      "modules --taps names".format(args.tap, named[0]))

@@ -16,8 +16,9 @@ from typing import Dict, Optional, Tuple
 
 from repro import zoo
 
-SOURCES = ("torchvision", "timm", "robustbench")
-"""Libraries a model can be named from, as ``SOURCE:NAME``."""
+SOURCES = ("torchvision", "timm", "robustbench", "module")
+"""Libraries a model can be named from, as ``SOURCE:NAME``; ``module:NAME`` is an ``nn.Module`` handed to the Python
+API (`repro.api.run_study` with ``{NAME: module}``), registered in this process."""
 
 INSTALL = {
     "torchvision": "torchvision (pip install -r requirements-models.txt, then pip install --no-deps -r "
@@ -81,7 +82,7 @@ class ExternalSpec:
 
     def identity(self):
         """What a batch's numbers depend on about the model, besides its weights' SHA-256 (`repro.runner`)."""
-        return {"name": self.name, "source": self.source, "model": self.model,
+        return {"name": self.name, "zoo": self.zoo, "source": self.source, "model": self.model,
                 "library_version": self.library_version, "input": dataclasses.asdict(self.input),
                 "taps": [tap.name for tap in self.taps]}
 
@@ -109,6 +110,11 @@ def spec_for(name, weights=None, pretrained=False, taps=("auto",), input_size=No
     (``('auto',)``, or module names and fnmatch patterns) and its input convention (the library's metadata,
     overridden by ``input_size``, ``mean``, ``std``). Builds the network once (PyTorch engine) to find the taps."""
     source, model = split_name(name)
+    if source == "module":
+        if weights or pretrained:
+            raise zoo.UnknownModelError("{} is a model object: its weights are its own (no --weights or --pretrained)"
+                                        .format(name))
+        weights = "module"
     if pretrained and weights:
         raise zoo.UnknownModelError("{}: give --weights PATH or --pretrained, not both".format(name))
     if not pretrained and not weights:

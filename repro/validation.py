@@ -205,10 +205,14 @@ def parse_args(argv=None):
     parser = cli.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.ArgumentDefaultsHelpFormatter)
     which = parser.add_mutually_exclusive_group(required=True)
-    which.add_argument("--model", nargs="+", help="zoo model name(s)")
+    which.add_argument("--model", nargs="+", help="zoo model name(s), or library models (torchvision:NAME, timm:NAME, "
+                                                  "robustbench:NAME; PyTorch engine) with --weights or --pretrained")
     which.add_argument("--all", action="store_true", help="every model of the zoo")
     parser.add_argument("--zoo", default=zoo.DEFAULT_ZOO, choices=sorted(zoo.ZOOS))
-    parser.add_argument("--load", nargs="+", help="checkpoint(s), one per model (default: the zoo's file)")
+    parser.add_argument("--load", "--weights", nargs="+", dest="load",
+                        help="checkpoint(s), one per model (default: the zoo's file); a library model's state dict")
+    from repro.evaluate import external_arguments
+    external_arguments(parser)
     parser.add_argument("--data", help="ImageNet validation folder (not used with --zoo mini)")
     parser.add_argument("--attack-iter", type=int, default=0, help="0 = clean error; k > 0 = k-step PGD, ε = 16")
     parser.add_argument("--attack", choices=protocol.ATTACKS, default="targeted",
@@ -217,8 +221,11 @@ def parse_args(argv=None):
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--seed", type=int, default=0, help="seed of the attack's targets and random starts")
     parser.add_argument("--out", default="results/validate", help="tables (CSV, JSON) and resumable progress")
-    engines.add_arguments(parser)
+    engines.add_arguments(parser, engine_default=None)
     args = parser.parse_args(argv)
+    from repro.evaluate import check_external_arguments
+    args.model, args.tap = args.model or [], "block_output"
+    check_external_arguments(parser, args)
     if args.attack_iter < 0 or args.batch < 1 or (args.limit is not None and args.limit < 1):
         parser.error("--attack-iter must be ≥ 0, --batch and --limit ≥ 1")
     return args
@@ -227,6 +234,8 @@ def parse_args(argv=None):
 def main(argv=None):
     """The command line: validate (`validation_table`), print the table; exit status 1 on any FAIL."""
     table = validation_table(argv)
+    if table is None:                       # --list-taps
+        return 0
     shown = table[["model", "attack_iter", "quantity", "n", "measured", "ci95_low", "ci95_high", "published", "verdict"]]
     print(shown.to_string(index=False, float_format=lambda v: "{:.2f}".format(v)))
     failed = (table.verdict == "FAIL").sum()
@@ -237,24 +246,29 @@ def main(argv=None):
 def validation_table(argv=None):
     """Validate as the command line ``argv`` asks; returns the table (one row per model and quantity), also
     written to ``--out``."""
-    from repro import checkpoints, runner
+    from repro import checkpoints, external, runner
 
     args = parse_args(argv)
     cli.setup_logging()
+    from repro.evaluate import model_specs, print_taps
+    if args.list_taps:
+        return print_taps(args)
     names = zoo.model_names(args.zoo) if args.all else args.model
     if args.load and len(args.load) != len(names):
         raise cli.UsageError("--load takes one checkpoint per model ({} for {})".format(len(args.load), len(names)))
-    specs = [zoo.get_model(name, args.zoo) for name in names]
+    args.model, args.depth = names, None
+    specs = model_specs(args)
     paths_ = [cli.checkpoint_path(spec, load) for spec, load in zip(specs, args.load or [None] * len(specs))]
     for spec, path in zip(specs, paths_):
-        if not path.is_file():
+        if not path.is_file() and not external.is_external_spec(spec):
             raise cli.UsageError(cli.missing_checkpoint_message(spec, path))
     if args.data is None and args.zoo != "mini":
         raise cli.UsageError("--data is required: the ImageNet validation folder (val/<wnid>/*.JPEG)")
     cli.check_writable_folder(args.out)
     engines.check_precision(args.engine, args.precision)
     engines.check_device(args.engine, args.device)
-    loaded = [checkpoints.load_for(spec, path) for spec, path in zip(specs, paths_)]
+    loaded = [engines.load("torch").weights_for(spec) if external.is_external_spec(spec)
+              else checkpoints.load_for(spec, path) for spec, path in zip(specs, paths_)]
     selection = runner.image_selection(specs[0], args.data, args.limit, ORDER_SEED)
     began = time.time()
     rows = []

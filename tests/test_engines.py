@@ -103,11 +103,12 @@ def test_the_engine_neutral_core_imports_no_framework():
 
 def test_each_engines_package_face_is_the_documented_interface():
     """`repro.engines.load` gives the engine's package; its public names are the interface (and for torch the
-    engine's own model object, ``load_model``), nothing else — and stay so once every module of the engine is
+    engine's own model object, ``load_model``, and the library models' ``external_spec``, ``tap_lines``,
+    ``weights_for``), nothing else — and stay so once every module of the engine is
     imported (a submodule named like a face function would replace it)."""
     interface = {"PRECISIONS", "precision_unavailable", "device_unavailable", "study", "classifier", "attack_model",
                  "per_channel", "describe", "out_of_memory"}
-    for engine, extra in (("tensorflow", set()), ("torch", {"load_model"})):
+    for engine, extra in (("tensorflow", set()), ("torch", {"load_model", "external_spec", "tap_lines", "weights_for"})):
         module = engines.load(engine)
         assert module.__name__ == "repro.engines." + engine
         for name in repro_modules():

@@ -301,3 +301,53 @@ def test_a_safetensors_file_loads_like_the_state_dict(study_setup, tmp_path):
     reference = torch_external.read_state_dict(Path(study_setup[0]) / "resnet18.pt")
     assert state.keys() == reference.keys() and all(torch.equal(state[k], reference[k]) for k in state)
     assert torch_external.state_dict_sha256(state) == torch_external.state_dict_sha256(reference)
+
+
+def test_validate_measures_a_library_models_clean_accuracy_with_its_interval(study_setup, tmp_path, capsys):
+    from repro import validation
+    base, network = study_setup
+    table = validation.validation_table(["--model", "torchvision:resnet18", "--weights", str(base / "resnet18.pt"),
+                                         "--data", str(base / "data"), "--limit", "6", "--out", str(tmp_path / "v")])
+    row = table[table["quantity"] == "top1_error"].iloc[0]
+    from repro.data import load_imagenet_val_image, to_model_space
+    from repro.runner import image_selection
+    selection = image_selection(external.ExternalSpec("x", "torchvision", "resnet18", "x", "", external.InputConvention(),
+                                                      (), "named"), str(base / "data"), None, validation.ORDER_SEED)
+    chosen = selection.paths[:6]
+    images = np.stack([load_imagenet_val_image(path) for path in chosen])
+    normalised = ((torch.from_numpy(to_model_space(images)).flip(1) + 1) / 2 - torch.tensor(
+        [0.485, 0.456, 0.406]).view(1, 3, 1, 1)) / torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        wrong = int((network.eval()(normalised.float()).argmax(1).numpy() != selection.labels[:6]).sum())
+    assert (row["n"], row["measured"]) == (6, pytest.approx(100.0 * wrong / 6))
+    assert row["ci95_low"] <= row["measured"] <= row["ci95_high"] and row["verdict"] == "n/a"   # no published top-1
+    assert json.loads((tmp_path / "v" / "validate-imagenet-k0.json").read_text())["checkpoints"][
+        "torchvision:resnet18"]["sha256"] == torch_external.file_sha256(base / "resnet18.pt")
+
+
+def test_robustbench_names_fail_in_one_line_where_it_is_not_installed(monkeypatch):
+    import sys
+    monkeypatch.setitem(sys.modules, "robustbench", None)
+    with pytest.raises(torch_external.ExternalModelError) as error:
+        torch_external.build_network("robustbench", "Salman2020Do_R50", pretrained=True)
+    assert "robustbench models need RobustBench (pip install git+https://github.com/RobustBench/robustbench.git)" \
+        in str(error.value) and "\n" not in str(error.value)
+
+
+def test_the_api_studies_a_model_object_as_the_command_studies_its_weights(study_setup, first_study, tmp_path):
+    """``run_study({"mine": module})``: the same numbers as the command on the module's state dict, the model named
+    module:mine, and the user's module left as it was."""
+    import repro
+    base, reference = first_study
+    _, network = study_setup
+    before = {k: v.clone() for k, v in network.state_dict().items()}
+    tables = repro.run_study({"mine": network}, data=str(base / "data"), images=4, out=str(tmp_path / "api"), batch=2,
+                             attack_iter=2, input=dict(size=224, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)))
+    assert set(tables.blocks["model"]) == {"module:mine"}
+    expected = reference["blocks.csv"].drop(columns="model")
+    pd.testing.assert_frame_equal(tables.blocks.drop(columns="model").reset_index(drop=True), expected,
+                                  check_dtype=False)
+    assert all(torch.equal(before[k], v) for k, v in network.state_dict().items())
+    assert all(p.requires_grad for p in network.parameters())          # not switched off on the user's object
+    with pytest.raises(ValueError, match="runs without --workers and --ray"):
+        repro.run_study({"mine": network}, data=str(base / "data"), images=4, out=str(tmp_path / "w"), workers=2)

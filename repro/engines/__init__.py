@@ -24,7 +24,11 @@ What an engine's package provides (its ``__init__`` is this face, nothing else):
   GPU kernels are deterministic);
 - ``out_of_memory(error, device)`` → a description of the device's free memory when ``error`` is the framework
   running out of memory, else None (`repro.scheduler` then retries the batch in halves);
-- optionally ``load_model(...)``: the framework's own model object (torch: an ``nn.Module``).
+- optionally ``load_model(...)``: the framework's own model object (torch: an ``nn.Module``);
+- optionally library models (`repro.external`; torch): ``external_spec(source, model, weights, taps, input_size,
+  mean, std)`` → an `repro.external.ExternalSpec`, ``weights_for(spec)`` → its weights checked against the
+  architecture (``.sha256``), ``tap_lines(source, model, size)`` → what ``--list-taps`` prints. ``study``,
+  ``classifier`` and ``attack_model`` then take such a spec (its weights are named by it).
 ``checkpoint`` is a path or a `repro.checkpoints.Checkpoint` (already read and checked); ``spec`` a `repro.zoo`
 entry. Restoring must be strict: `repro.checkpoints.check_variables` with the model's (name, shape) list.
 

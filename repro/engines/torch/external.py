@@ -76,8 +76,23 @@ def import_torchvision():
     return torchvision
 
 
+MODULES = {}
+"""``module:NAME`` models: ``nn.Module`` objects handed to the Python API in this process (`register_module`)."""
+
+
+def register_module(name, module):
+    """Make ``module`` (an ``nn.Module`` taking RGB images normalised as its input convention says) the model
+    ``module:name`` of this process."""
+    if not isinstance(module, nn.Module):
+        raise ExternalModelError("model {!r} must be a torch.nn.Module, got {}".format(name, type(module).__name__))
+    MODULES[name] = module
+    return "module:" + name
+
+
 def import_library(source):
     """The module of ``source`` (torchvision, timm or robustbench), or one line saying what to install."""
+    if source == "module":
+        return torch
     if source in ("timm", "robustbench"):
         import_torchvision()
         try:
@@ -88,7 +103,10 @@ def import_library(source):
     return import_torchvision()
 
 
-def library_version(source):
+def library_version(source, model=None):
+    if source == "module":
+        module = MODULES.get(model)
+        return "{}.{} (torch {})".format(type(module).__module__, type(module).__qualname__, torch.__version__)
     return getattr(import_library(source), "__version__", "unknown")
 
 
@@ -96,6 +114,13 @@ def build_network(source, model, pretrained=False):
     """``model`` of ``source`` in eval mode: random initial weights (nothing is downloaded), or with
     ``pretrained`` the library's own weights (downloaded by the library on first use)."""
     library = import_library(source)
+    if source == "module":
+        if model not in MODULES:
+            raise ExternalModelError("module:{} is not a model object of this process: module: names are made by the "
+                                     "Python API, repro.run_study({{name: module}}), and its workers run in this "
+                                     "process".format(model))
+        import copy
+        return copy.deepcopy(MODULES[model]).eval()      # the user's object keeps its own state
     try:
         if source == "torchvision":
             names = library.models.list_models(module=library.models)
@@ -391,10 +416,10 @@ def weights_for(spec, network=None):
     """`ExternalWeights` of ``spec``: read from its file and checked against the architecture (loaded strictly into
     ``network``, default a fresh one), or (pretrained) taken from the library's download. The run calls it before
     claiming ``--out``, so weights that do not fit leave it as it was."""
-    if spec.weights == "pretrained":
+    if spec.weights in ("pretrained", "module"):
         network = network or build_network(spec.source, spec.model, pretrained=True)
         state = {key: value.detach().clone() for key, value in network.state_dict().items()}
-        return ExternalWeights("pretrained", state_dict_sha256(state), state)
+        return ExternalWeights(spec.weights, state_dict_sha256(state), state)
     weights = ExternalWeights(spec.weights, file_sha256(spec.weights), read_state_dict(spec.weights))
     load_weights(network or build_network(spec.source, spec.model), weights.state_dict, spec.name, spec.weights)
     return weights
@@ -450,6 +475,8 @@ def restore(spec):
     """(`ExternalNet` of ``spec`` with its weights loaded strictly, `ExternalWeights`)."""
     network = build_network(spec.source, spec.model, pretrained=spec.weights == "pretrained")
     weights = weights_for(spec, network)
+    if spec.weights == "module" and weights.sha256 != state_dict_sha256(MODULES[spec.model].state_dict()):
+        raise ExternalModelError("{}: the model object's weights changed since the run started".format(spec.name))
     for parameter in network.parameters():
         parameter.requires_grad_(False)
     return ExternalNet(network, spec).eval(), weights
@@ -459,7 +486,7 @@ def external_spec(source, model, weights, taps, input_size=None, mean=None, std=
     """The `repro.external.ExternalSpec` of ``source:model``: its taps found on a network with random weights
     (nothing is downloaded here), its input convention from the library's metadata, its published top-1."""
     name = "{}:{}".format(source, model)
-    if weights != "pretrained" and not Path(weights).is_file():
+    if weights not in ("pretrained", "module") and not Path(weights).is_file():
         raise CheckpointError("weights file for {} not found: {}".format(name, weights) if not Path(weights).is_dir()
                               else "{} is a folder: --weights takes a state-dict file (.pt, .pth or .safetensors)"
                               .format(weights))
@@ -470,7 +497,7 @@ def external_spec(source, model, weights, taps, input_size=None, mean=None, std=
     convention = input_convention(source, model, network, input_size, mean, std)
     family, found = find_taps(network, taps, convention.size, name)
     return external.ExternalSpec(name=name, source=source, model=model, weights=weights,
-                                 library_version=library_version(source), input=convention, taps=tuple(found),
+                                 library_version=library_version(source, model), input=convention, taps=tuple(found),
                                  family=family, published=published_numbers(source, model, weights == "pretrained"))
 
 
