@@ -122,7 +122,7 @@ def run_study(models: Union[str, Sequence[str], Dict[str, object]], data: Option
             if isinstance(value, str):
                 named.append(value)
             else:
-                from repro.engines.torch.external import register_module
+                from repro.external import register_module
                 named.append(register_module(name, value))
         models = named
     models = [models] if isinstance(models, str) else list(models)

@@ -20,6 +20,17 @@ SOURCES = ("torchvision", "timm", "robustbench", "module")
 """Libraries a model can be named from, as ``SOURCE:NAME``; ``module:NAME`` is an ``nn.Module`` handed to the Python
 API (`repro.api.run_study` with ``{NAME: module}``), registered in this process."""
 
+MODULES = {}
+"""``module:NAME`` models: the objects handed to the Python API in this process (`register_module`)."""
+
+
+def register_module(name, module):
+    """Make ``module`` (an ``nn.Module`` taking RGB images normalised as its input convention says) the model
+    ``module:NAME`` of this process; returns that name."""
+    MODULES[name] = module
+    return "module:" + name
+
+
 INSTALL = {
     "torchvision": "torchvision (pip install -r requirements-models.txt, then pip install --no-deps -r "
                    "requirements-models-nodeps.txt; make test does both)",

@@ -76,19 +76,6 @@ def import_torchvision():
     return torchvision
 
 
-MODULES = {}
-"""``module:NAME`` models: ``nn.Module`` objects handed to the Python API in this process (`register_module`)."""
-
-
-def register_module(name, module):
-    """Make ``module`` (an ``nn.Module`` taking RGB images normalised as its input convention says) the model
-    ``module:name`` of this process."""
-    if not isinstance(module, nn.Module):
-        raise ExternalModelError("model {!r} must be a torch.nn.Module, got {}".format(name, type(module).__name__))
-    MODULES[name] = module
-    return "module:" + name
-
-
 def import_library(source):
     """The module of ``source`` (torchvision, timm or robustbench), or one line saying what to install."""
     if source == "module":
@@ -105,7 +92,7 @@ def import_library(source):
 
 def library_version(source, model=None):
     if source == "module":
-        module = MODULES.get(model)
+        module = external.MODULES.get(model)
         return "{}.{} (torch {})".format(type(module).__module__, type(module).__qualname__, torch.__version__)
     return getattr(import_library(source), "__version__", "unknown")
 
@@ -115,12 +102,15 @@ def build_network(source, model, pretrained=False):
     ``pretrained`` the library's own weights (downloaded by the library on first use)."""
     library = import_library(source)
     if source == "module":
-        if model not in MODULES:
+        if model not in external.MODULES:
             raise ExternalModelError("module:{} is not a model object of this process: module: names are made by the "
                                      "Python API, repro.run_study({{name: module}}), and its workers run in this "
                                      "process".format(model))
         import copy
-        return copy.deepcopy(MODULES[model]).eval()      # the user's object keeps its own state
+        if not isinstance(external.MODULES[model], nn.Module):
+            raise ExternalModelError("model {!r} must be a torch.nn.Module, got {}".format(
+                model, type(external.MODULES[model]).__name__))
+        return copy.deepcopy(external.MODULES[model]).eval()      # the user's object keeps its own state
     try:
         if source == "torchvision":
             names = library.models.list_models(module=library.models)
@@ -475,7 +465,7 @@ def restore(spec):
     """(`ExternalNet` of ``spec`` with its weights loaded strictly, `ExternalWeights`)."""
     network = build_network(spec.source, spec.model, pretrained=spec.weights == "pretrained")
     weights = weights_for(spec, network)
-    if spec.weights == "module" and weights.sha256 != state_dict_sha256(MODULES[spec.model].state_dict()):
+    if spec.weights == "module" and weights.sha256 != state_dict_sha256(external.MODULES[spec.model].state_dict()):
         raise ExternalModelError("{}: the model object's weights changed since the run started".format(spec.name))
     for parameter in network.parameters():
         parameter.requires_grad_(False)
