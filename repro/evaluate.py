@@ -245,9 +245,20 @@ def model_specs(args):
     `repro.external.ExternalSpec` (built once to find its taps)."""
     from repro import external
     loads = args.load or [None] * len(args.model)
-    return [external.spec_for(name, load, args.pretrained, args.taps, args.input_size, args.mean, args.std)
-            if external.is_external(name) else zoo.get_model(name, args.zoo, args.depth)
-            for name, load in zip(args.model, loads)]
+    specs = [external.spec_for(name, load, args.pretrained, args.taps, args.input_size, args.mean, args.std)
+             if external.is_external(name) else zoo.get_model(name, args.zoo, args.depth)
+             for name, load in zip(args.model, loads)]
+    # The models of a run are fed the same images, loaded once for the first model's input.
+    libraries = [spec for spec in specs if external.is_external_spec(spec)]
+    if libraries and any(spec.zoo != "imagenet" for spec in specs):
+        raise cli.UsageError("{} is an ImageNet model: it cannot share a run with --zoo {}".format(
+            libraries[0].name, args.zoo))
+    sizes = {spec.name: spec.arch.input_size for spec in specs}
+    if len(set(sizes.values())) > 1:
+        raise cli.UsageError("the models of one run share their images, but they take different sizes ({}): run them "
+                             "separately, or give one --input-size".format(", ".join(
+                                 "{} {}".format(name, size) for name, size in sizes.items())))
+    return specs
 
 
 def print_taps(args):

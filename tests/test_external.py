@@ -351,3 +351,27 @@ def test_the_api_studies_a_model_object_as_the_command_studies_its_weights(study
     assert all(p.requires_grad for p in network.parameters())          # not switched off on the user's object
     with pytest.raises(ValueError, match="runs without --workers and --ray"):
         repro.run_study({"mine": network}, data=str(base / "data"), images=4, out=str(tmp_path / "w"), workers=2)
+
+
+def test_models_that_need_other_images_are_refused_before_any_work(study_setup, tmp_path, capsys):
+    base, _ = study_setup
+    torch.manual_seed(0)
+    torch.save(torchvision.models.vit_b_16().state_dict(), tmp_path / "vit.pt")
+    for argv, expected in [
+        (["--model", "torchvision:vit_b_16", "--weights", str(tmp_path / "vit.pt"), "--input-size", "160"],
+         "torchvision:vit_b_16 does not run on 160×160 images"),
+        (["--model", "ResNet", "torchvision:resnet18", "--zoo", "mini", "--weights", "x.npz", str(base / "resnet18.pt"),
+          "--engine", "torch"], "torchvision:resnet18 is an ImageNet model: it cannot share a run with --zoo mini"),
+    ]:
+        capsys.readouterr()
+        assert cli.run_main(evaluate.main, argv + ["--data", str(base / "data"), "--out", str(tmp_path / "o")]) != 0
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and expected in err, err
+    from repro.evaluate import model_specs, parse_args
+    args = parse_args(["--model", "torchvision:resnet18", "timm:vit_tiny_patch16_384", "--weights", "a.pt", "b.pt"])
+    args.load = None
+    args.pretrained = True                                           # nothing is downloaded to make the specs
+    with pytest.raises(cli.UsageError, match="they take different sizes \\(torchvision:resnet18 224, "
+                                             "timm:vit_tiny_patch16_384 384\\)"):
+        model_specs(args)
+    assert not (tmp_path / "o").exists()

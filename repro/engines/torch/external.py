@@ -256,8 +256,7 @@ def find_taps(network, requested=("auto",), size=224, label="the model"):
         return hook
     handles = [modules[name].register_forward_hook(hook_for(name, _layout(family, modules[name]))) for name in names]
     try:
-        with torch.no_grad():
-            network(torch.zeros(1, 3, size, size))
+        blank_forward(network, size, label)
     finally:
         for handle in handles:
             handle.remove()
@@ -271,6 +270,19 @@ def find_taps(network, requested=("auto",), size=224, label="the model"):
                                  "is N×C×H×W".format(label, bad[0], shapes[bad[0]][1]))
     return family, [external.ExternalTap(name, shapes[name][0], prefix if shapes[name][0] == "tokens" else 0,
                                          *shapes[name][1]) for name in order]
+
+
+def blank_forward(network, size, label="the model"):
+    """One forward pass of a blank size×size image; a network that cannot take that size is one line."""
+    try:
+        with torch.no_grad():
+            network(torch.zeros(1, 3, size, size))
+    except ExternalModelError:
+        raise
+    except Exception as error:
+        raise ExternalModelError("{} does not run on {}×{} images ({}: {}): give the size it takes with "
+                                 "--input-size".format(label, size, size, type(error).__name__,
+                                                       (str(error).splitlines() or [""])[0][:160])) from None
 
 
 def _examples(network, count=6):
@@ -293,8 +305,7 @@ def list_taps(network, size=224):
         return hook
     handles = [module.register_forward_hook(hook_for(name)) for name, module in modules]
     try:
-        with torch.no_grad():
-            network(torch.zeros(1, 3, size, size))
+        blank_forward(network, size)
     finally:
         for handle in handles:
             handle.remove()
