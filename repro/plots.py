@@ -291,18 +291,8 @@ def build_models_figure(blocks_df, metrics=DEFAULT_METRICS, models=None, titles=
                 _note_missing(axis, metric, f"models {models}")
                 continue
             _draw_aligned_boundaries(axis, boundaries, colours, group_separators)
-            for model in models:
-                for perturbation in PERTURBATION_ORDER:
-                    series = _series(blocks_df, model, perturbation, metric)
-                    if series.empty:
-                        continue
-                    x = -series["depth_from_end"].to_numpy()
-                    if show_ci:
-                        axis.fill_between(x, _as_float(series["ci95_low"]), _as_float(series["ci95_high"]),
-                                          color=colours[model], alpha=0.15, linewidth=0)
-                    axis.plot(x, _as_float(series["mean"]), color=colours[model],
-                              linestyle=PERTURBATION_LINESTYLES[perturbation], linewidth=0.9,
-                              label=f"{model} {perturbation}", gid=f"mean_{perturbation}_{model}")
+            _draw_aligned_curves(axis, blocks_df, models, metric, colours,
+                                 bands=PERTURBATION_ORDER if show_ci else (), labelled=True)
             axis.set_xlim(-deepest - 0.5, 0.5)
             axis.xaxis.set_major_locator(MaxNLocator(nbins=5, integer=True))
         figure.supxlabel("blocks before the end of the network (0 = final block)")
@@ -317,6 +307,24 @@ def plot_models_figure(blocks_df, out_stem, metrics=DEFAULT_METRICS, models=None
                        group_separators="all"):
     """Build Fig. 5.2 and write it as ``out_stem.png`` and ``out_stem.pdf``."""
     return save_figure(build_models_figure(blocks_df, metrics, models, titles, show_ci, group_separators), out_stem)
+
+
+def _draw_aligned_curves(axis, rows, models, metric, colours, bands=(), gid_suffix="", labelled=False):
+    """Each model's mean of ``metric`` per block at x = −depth_from_end (final blocks aligned at 0, Fig. 5.2), one
+    colour per model, adversarial solid and random dashed; the perturbations in ``bands`` with their 95% band."""
+    for model in models:
+        for perturbation in PERTURBATION_ORDER:
+            series = _series(rows, model, perturbation, metric)
+            if series.empty:
+                continue
+            x = -series["depth_from_end"].to_numpy()
+            if perturbation in bands:
+                axis.fill_between(x, _as_float(series["ci95_low"]), _as_float(series["ci95_high"]),
+                                  color=colours[model], alpha=0.15, linewidth=0)
+            axis.plot(x, _as_float(series["mean"]), color=colours[model],
+                      linestyle=PERTURBATION_LINESTYLES[perturbation], linewidth=0.9,
+                      label=f"{model} {perturbation}" if labelled else None,
+                      gid=f"mean_{perturbation}_{model}{gid_suffix}")
 
 
 def _aligned_boundaries(blocks):
@@ -498,18 +506,8 @@ def build_sweep_figure(sweep_df, metrics, settings, width_per_setting=1.9):
                 if column == 0:
                     axis.set_ylabel(metric_labels(metric)[1])
                 rows = sweep_df[(sweep_df["setting"] == setting) & (sweep_df["metric"] == metric)]
-                for model in models:
-                    for perturbation in PERTURBATION_ORDER:
-                        series = _series(rows, model, perturbation, metric)
-                        if series.empty:
-                            continue
-                        x = -series["depth_from_end"].to_numpy()
-                        if perturbation == "adversarial":
-                            axis.fill_between(x, _as_float(series["ci95_low"]), _as_float(series["ci95_high"]),
-                                              color=colours[model], alpha=0.15, linewidth=0)
-                        axis.plot(x, _as_float(series["mean"]), color=colours[model],
-                                  linestyle=PERTURBATION_LINESTYLES[perturbation], linewidth=0.9,
-                                  gid=f"mean_{perturbation}_{model}_{setting}")
+                _draw_aligned_curves(axis, rows, models, metric, colours, bands=("adversarial",),
+                                     gid_suffix="_" + setting)
                 axis.xaxis.set_major_locator(MaxNLocator(nbins=4, integer=True))
         figure.supxlabel("blocks before the end of the network (0 = final block)")
         handles = [Line2D([], [], color=colours[model], label=model) for model in models]
