@@ -24,6 +24,7 @@ from torch import nn
 
 from repro import external, zoo
 from repro.checkpoints import CheckpointError
+from repro.engines.torch.models import tap_receiver
 
 FAMILIES = {
     # family: (module classes, as `module.__qualname__` of the library's module; output layout)
@@ -457,14 +458,7 @@ class ExternalNet(nn.Module):
         pixels = ((x.flip(1) if self.rgb else x) + 1.0) * 0.5
         normalised = (pixels - self.mean) / self.std
         tapped = {}
-        if taps:
-            def receive(name, value):
-                if name in taps:
-                    if on_tap is None:
-                        tapped[name] = value
-                    else:
-                        on_tap(name, value)
-            self._receiver = receive
+        self._receiver = tap_receiver(taps, on_tap, tapped) if taps else None
         try:
             logits = self.network(normalised)
         finally:

@@ -146,6 +146,18 @@ class Denoising(nn.Module):
         return x + self.conv(self.non_local(x))
 
 
+def tap_receiver(taps, on_tap, tapped):
+    """What a forward pass hands each tappable tensor to: one named in ``taps`` is kept in ``tapped``, or with
+    ``on_tap`` given to it at once (the study measures it and lets it go)."""
+    def receive(name, value):
+        if name in taps:
+            if on_tap is None:
+                tapped[name] = value
+            else:
+                on_tap(name, value)
+    return receive
+
+
 class ZooNet(nn.Module):
     """A zoo network: BGR model-space NCHW images in [-1, 1] → logits, and on request the tapped maps.
 
@@ -180,13 +192,7 @@ class ZooNet(nn.Module):
 
     def forward(self, x, taps=(), on_tap=None):
         tapped = {}
-
-        def tap(name, value):
-            if name in taps:
-                if on_tap is None:
-                    tapped[name] = value
-                else:
-                    on_tap(name, value)
+        tap = tap_receiver(taps, on_tap, tapped)
         x = self.conv0(x)
         if self.arch.stem_pool:
             x = max_pool_same(x)
