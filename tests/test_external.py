@@ -375,3 +375,14 @@ def test_models_that_need_other_images_are_refused_before_any_work(study_setup, 
                                              "timm:vit_tiny_patch16_384 384\\)"):
         model_specs(args)
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_ray_workers_study_a_library_model_as_one_process_does(study_setup, first_study, tmp_path):
+    """--workers 2: the spec travels to two Ray actors, which build the network and load the weights themselves."""
+    base, reference = first_study
+    assert run(base, tmp_path / "two", base / "resnet18.pt", "--workers", "2") == 0
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "two" / "blocks.csv"), reference["blocks.csv"])
+    manifest = json.loads((tmp_path / "two" / "manifest.json").read_text())
+    slots = {where.split(" (")[0] for where in manifest["computed_by"]["torchvision:resnet18"].values()}
+    assert manifest["workers"] == 2 and slots == {"slot 0", "slot 1"}
