@@ -108,6 +108,25 @@ def test_gaussian_denoising_block_matches_the_formula():
     np.testing.assert_allclose(result, expected, rtol=1e-4, atol=1e-4)
 
 
+@pytest.mark.parametrize("channels", [32, 24], ids=["sqrt-d-a-power-of-two", "sqrt-d-irrational"])
+def test_gaussian_denoising_block_gives_the_bits_of_dividing_the_affinity(channels, monkeypatch):
+    """Where √d is a power of two the block divides θ instead of the HW × HW affinity θᵀφ: output and input gradient
+    must be those of softmax(θᵀφ / √d) computed as written, bit for bit (the attack's trajectories depend on them)."""
+    rng = np.random.default_rng(4)
+    x = (rng.normal(size=(3, channels, 8, 8)) * 3).astype(np.float32)
+    weights = rng.normal(size=x.shape).astype(np.float32)
+
+    def block_and_input_gradient(t):
+        output = blocks.denoising_block("d", t, embed=True, softmax=True)
+        return output, tf.gradients(tf.reduce_sum(output * weights), t)[0]
+
+    shortcut = _run(block_and_input_gradient, [x])[0]
+    monkeypatch.setattr(blocks, "power_of_two", lambda value: False)
+    as_written = _run(block_and_input_gradient, [x])[0]
+    assert all(np.array_equal(a, b) for a, b in zip(shortcut, as_written))
+    assert np.abs(shortcut[1]).max() > 0
+
+
 @pytest.mark.parametrize("shape", [(2, 12, 2, 3), (2, 4, 3, 5)], ids=["channels>positions", "channels<=positions"])
 def test_dot_product_denoising_block_matches_the_formula_in_both_evaluation_orders(shape):
     x = np.random.default_rng(3).normal(size=shape).astype(np.float32)
