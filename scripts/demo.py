@@ -21,7 +21,7 @@ from repro import cli, evaluate, zoo  # noqa: E402
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--images", type=int, default=100,
-                        help="held-out test images (default: the paper's 100; about 3 minutes on 2 cores)")
+                        help="held-out test images (default: the paper's 100; about 3–4 minutes on 2 cores)")
     parser.add_argument("--attack-iter", type=int, default=100)
     parser.add_argument("--out", default="results/demo")
     parser.add_argument("--visualize", type=int, default=3)
