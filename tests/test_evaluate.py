@@ -3,6 +3,7 @@ the files and their columns, determinism, resume without double counting, shards
 import json
 import os
 import signal
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -693,8 +694,13 @@ def test_outputs_are_replaced_together_and_an_interrupt_never_leaves_a_mixed_set
             signalled.append(target)
             os.kill(os.getpid(), signal.SIGINT)                              # in the middle of the swap
     monkeypatch.setattr(runner.os, "replace", replace_then_interrupt)
-    assert run(base, out, "--images", "6") == 130
+    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    status = run(base, out, "--images", "6")
     monkeypatch.undo()
+    # Once in a full suite this returned 0 (not reproduced alone, nor with the file's tests in order): say what
+    # the process held if it happens again.
+    assert status == 130, dict(status=status, signalled=signalled, handlers_before=handlers,
+                               threads=sorted(thread.name for thread in threading.enumerate()))
     assert signalled and runner.verify_outputs(out) == []
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["images_selected"] == 6 and len(pd.read_csv(out / "images.csv")) == 12
