@@ -668,7 +668,7 @@ def test_outputs_are_replaced_together_and_an_interrupt_never_leaves_a_mixed_set
     until the new set is whole; either way `verify_outputs` tells a complete set from an incomplete one."""
     import shutil
 
-    from repro import runner
+    from repro import runner, scheduler
     base, _, reference = first_run
     out = tmp_path / "out"
     shutil.copytree(base / "out", out)
@@ -694,7 +694,7 @@ def test_outputs_are_replaced_together_and_an_interrupt_never_leaves_a_mixed_set
             signalled.append(target)
             os.kill(os.getpid(), signal.SIGINT)                              # in the middle of the swap
     monkeypatch.setattr(runner.os, "replace", replace_then_interrupt)
-    handlers = {number: signal.getsignal(number) for number in (signal.SIGINT, signal.SIGTERM)}
+    handlers = scheduler._signal_handlers()
     status = run(base, out, "--images", "6")
     monkeypatch.undo()
     # Once in a full suite this returned 0 (not reproduced alone, nor with the file's tests in order): say what
